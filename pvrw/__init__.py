@@ -1,0 +1,38 @@
+"""pvrw: pretrained visual representation wrappers for visual reinforcement learning.
+
+Heavy submodules (torch, mujoco, stable-baselines3) are imported on first use of a public name, so that
+``import pvrw`` and ``pvrw --help`` stay fast. The MuJoCo GL backend is chosen here, before anything imports mujoco.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pvrw._gl import configure_gl_backend
+
+configure_gl_backend()
+
+__version__ = "0.1.0"
+
+_LAZY_EXPORTS = {
+    "make_env": "pvrw.pvr_wrappers",
+    "make_vec_env": "pvrw.pvr_wrappers",
+    "PVRObservation": "pvrw.pvr_wrappers",
+    "VecPVRObservation": "pvrw.pvr_wrappers",
+    "create_backbone": "pvrw.pvr_wrappers",
+    "list_backbones": "pvrw.pvr_wrappers",
+    "register_backbone": "pvrw.pvr_wrappers",
+    "FeatureStore": "pvrw.feature_cache",
+    "DrM": "pvrw.drm",
+}
+
+__all__ = ["__version__", *sorted(_LAZY_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_EXPORTS:
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pvrw' has no attribute {name!r}")

@@ -1,0 +1,37 @@
+"""Frozen pretrained visual representations as Gymnasium wrappers, and Meta-World pixel environments.
+
+Public names are imported lazily from their modules (see ``_LAZY_EXPORTS``) so that using one part does not pay
+for importing the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY_EXPORTS = {
+    # Meta-World / Gymnasium pixel environments (metaworld_env.py)
+    "make_env": "pvrw.pvr_wrappers.metaworld_env",
+    "make_vec_env": "pvrw.pvr_wrappers.metaworld_env",
+    # backbone registry (registry.py)
+    "BackboneCfg": "pvrw.pvr_wrappers.registry",
+    "register_backbone": "pvrw.pvr_wrappers.registry",
+    "create_backbone": "pvrw.pvr_wrappers.registry",
+    "list_backbones": "pvrw.pvr_wrappers.registry",
+    "get_backbone_cfg": "pvrw.pvr_wrappers.registry",
+    "FrozenBackbone": "pvrw.pvr_wrappers.registry",
+    "WeightsNotFoundError": "pvrw.pvr_wrappers.weights",
+    # observation wrappers (wrappers.py)
+    "PVRObservation": "pvrw.pvr_wrappers.wrappers",
+    "VecPVRObservation": "pvrw.pvr_wrappers.wrappers",
+}
+
+__all__ = sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_EXPORTS:
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pvrw.pvr_wrappers' has no attribute {name!r}")
