@@ -1,0 +1,433 @@
+"""HDF5 feature store: one file, one or more feature sets, each tied to the backbone that wrote it.
+
+Layout of a ``pvrw.features`` file::
+
+    /                      attrs: pvrw_format, pvrw_format_version, writer_pid, writer_host
+    /sets/<name>/          attrs: backbone, fingerprint, resolution, preprocessing, output_shape, dtype, created
+        features           (N, *output_shape), float32 | float16 | uint16 (bfloat16 bits); chunked, compressed
+        frame_hash         (N, 16) uint8, BLAKE2b-128 of each source frame (content-cache key)
+        committed          (1,) int64, rows readers may trust (written after the data)
+    /episodes/             optional, written by extraction: the source episode dataset's episode boundaries
+        frame_start, num_frames, committed;  attrs: source_uuid, source_path
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+from pvrw.feature_cache import _h5
+from pvrw.feature_cache._h5 import FeatureCacheError, FeatureSetMismatchError, Table
+
+FORMAT = "pvrw.features"
+DTYPES = ("float32", "float16", "bfloat16")
+_STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+HASH_BYTES = 16
+
+
+def encode(features: np.ndarray, dtype: str) -> np.ndarray:
+    """Convert float features to their storage representation (bfloat16: round-to-nearest-even, kept as uint16 bits)."""
+    x = np.asarray(features, dtype=np.float32)
+    if dtype == "bfloat16":
+        bits = np.ascontiguousarray(x).view(np.uint32)
+        rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+        return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+    return x.astype(_STORAGE[dtype], copy=False)
+
+
+def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Storage representation -> float32."""
+    if dtype == "bfloat16":
+        return (np.asarray(stored).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return np.asarray(stored, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a feature set is tied to; two specs must agree field by field for a set to be reused."""
+
+    backbone: str
+    fingerprint: str
+    resolution: int
+    preprocessing: str
+    output_shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"feature dtype {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        object.__setattr__(self, "output_shape", tuple(int(d) for d in self.output_shape))
+        object.__setattr__(self, "resolution", int(self.resolution))
+
+    @classmethod
+    def from_backbone(cls, backbone: Any, dtype: str = "float32") -> "FeatureSpec":
+        """The spec of a FrozenBackbone (anything with name/fingerprint/resolution/preprocessing/output_shape)."""
+        return cls(
+            backbone=str(backbone.name),
+            fingerprint=str(backbone.fingerprint),
+            resolution=int(backbone.resolution),
+            preprocessing=str(backbone.preprocessing),
+            output_shape=tuple(backbone.output_shape),
+            dtype=dtype,
+        )
+
+    @classmethod
+    def from_attrs(cls, group: h5py.Group) -> "FeatureSpec":
+        try:
+            return cls(
+                backbone=_h5.str_attr(group, "backbone"),
+                fingerprint=_h5.str_attr(group, "fingerprint"),
+                resolution=int(group.attrs["resolution"]),
+                preprocessing=_h5.str_attr(group, "preprocessing"),
+                output_shape=tuple(int(d) for d in group.attrs["output_shape"]),
+                dtype=_h5.str_attr(group, "dtype"),
+            )
+        except (KeyError, ValueError) as error:
+            raise FeatureCacheError(f"{group.file.filename}:{group.name} has broken set attributes ({error})") from None
+
+    def write_attrs(self, group: h5py.Group) -> None:
+        for key in ("backbone", "fingerprint", "resolution", "preprocessing", "dtype"):
+            group.attrs[key] = getattr(self, key)
+        group.attrs["output_shape"] = np.asarray(self.output_shape, dtype=np.int64)
+        group.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+    def check_matches(self, stored: "FeatureSpec", where: str) -> None:
+        """Raise :class:`FeatureSetMismatchError` naming every differing field, stored value and requested value."""
+        diffs = [
+            f"{key}: file has {getattr(stored, key)!r}, requested {getattr(self, key)!r}"
+            for key in ("backbone", "fingerprint", "resolution", "preprocessing", "output_shape", "dtype")
+            if getattr(stored, key) != getattr(self, key)
+        ]
+        if diffs:
+            raise FeatureSetMismatchError(
+                f"{where} was written by another backbone configuration; refusing to mix features ("
+                + "; ".join(diffs)
+                + "). Use another file or another set name."
+            )
+
+
+class _ChunkCache:
+    """Serves arbitrary row indices from a chunked dataset by reading whole chunks once and gathering with NumPy.
+
+    Only chunks entirely below the committed row count are cached (committed rows never change, so the cache never
+    goes stale). When the chunks a batch needs exceed the budget, that batch is read chunk-run by chunk-run instead.
+    """
+
+    def __init__(self, dataset: h5py.Dataset, cache_bytes: int):
+        self.dataset = dataset
+        self.rows = int(dataset.chunks[0]) if dataset.chunks else 1024
+        row_shape = dataset.shape[1:]
+        chunk_bytes = self.rows * int(np.prod(row_shape, dtype=np.int64)) * dataset.dtype.itemsize
+        self.n_slots = int(max(0, cache_bytes // max(1, chunk_bytes)))
+        self.slab: np.ndarray | None = None
+        self.slot_of_chunk = np.full(0, -1, dtype=np.int64)
+        self.chunk_of_slot = np.full(self.n_slots, -1, dtype=np.int64)
+        self.next_slot = 0
+
+    def _read_runs(self, chunks: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (chunk ids, data) for runs of consecutive chunk ids, one h5py read per run."""
+        breaks = np.flatnonzero(np.diff(chunks) != 1) + 1
+        for run in np.split(chunks, breaks):
+            data = self.dataset[run[0] * self.rows : (run[-1] + 1) * self.rows]
+            yield run, data.reshape(len(run), self.rows, *data.shape[1:])
+
+    def gather(self, indices: np.ndarray, n_committed: int) -> np.ndarray:
+        chunk = indices // self.rows
+        offset = indices % self.rows
+        out = np.empty((len(indices), *self.dataset.shape[1:]), dtype=self.dataset.dtype)
+        n_full = n_committed // self.rows
+        in_full = chunk < n_full
+        if (~in_full).any():  # rows of the last, partly committed chunk: read directly, never cached
+            tail_start = n_full * self.rows
+            tail = self.dataset[tail_start:n_committed]
+            out[~in_full] = tail[indices[~in_full] - tail_start]
+        needed = np.unique(chunk[in_full])
+        if len(needed) == 0:
+            return out
+        if len(needed) > self.n_slots:
+            self._gather_uncached(needed, chunk, offset, in_full, out)
+            return out
+        if len(self.slot_of_chunk) < n_full:
+            grown = np.full(max(n_full, 2 * len(self.slot_of_chunk)), -1, dtype=np.int64)
+            grown[: len(self.slot_of_chunk)] = self.slot_of_chunk
+            self.slot_of_chunk = grown
+        missing = needed[self.slot_of_chunk[needed] < 0]
+        if len(missing):
+            self._load(missing, needed)
+        slots = self.slot_of_chunk[chunk[in_full]]
+        out[in_full] = self.slab[slots, offset[in_full]]
+        return out
+
+    def _load(self, missing: np.ndarray, needed: np.ndarray) -> None:
+        if self.slab is None:
+            self.slab = np.empty((self.n_slots, self.rows, *self.dataset.shape[1:]), dtype=self.dataset.dtype)
+        protected = np.zeros(self.n_slots, dtype=bool)
+        present = self.slot_of_chunk[needed]
+        protected[present[present >= 0]] = True
+        order = (np.arange(self.n_slots) + self.next_slot) % self.n_slots
+        victims = order[~protected[order]][: len(missing)]
+        self.next_slot = int((victims[-1] + 1) % self.n_slots)
+        evicted = self.chunk_of_slot[victims]
+        self.slot_of_chunk[evicted[evicted >= 0]] = -1
+        self.chunk_of_slot[victims] = missing
+        self.slot_of_chunk[missing] = victims
+        for run, data in self._read_runs(missing):
+            self.slab[self.slot_of_chunk[run]] = data
+
+    def _gather_uncached(self, needed, chunk, offset, in_full, out) -> None:
+        positions = np.flatnonzero(in_full)
+        order = positions[np.argsort(chunk[positions], kind="stable")]
+        sorted_chunks = chunk[order]
+        for run, data in self._read_runs(needed):
+            lo, hi = np.searchsorted(sorted_chunks, [run[0], run[-1] + 1])
+            sel = order[lo:hi]
+            out[sel] = data[chunk[sel] - run[0], offset[sel]]
+
+
+class FeatureSet:
+    """One backbone's features in a :class:`FeatureStore`: append (writer) and fast reads (anyone).
+
+    Row ``i`` holds the features of one frame; :meth:`read` serves any index order, :meth:`sample` random batches,
+    :meth:`episode` whole episodes in order (when the file has an episode index).
+    """
+
+    def __init__(self, store: "FeatureStore", name: str, cache_bytes: int = 256 << 20):
+        self.store = store
+        self.name = name
+        self.spec = FeatureSpec.from_attrs(self._group)
+        self._cache_bytes = cache_bytes
+        self._cache: _ChunkCache | None = None
+        self._cache_generation = -1
+        self._n = int(self._table.counts()[0])
+
+    @property
+    def _group(self) -> h5py.Group:
+        return self.store._file["sets"][self.name]
+
+    @property
+    def _table(self) -> Table:
+        return Table(self._group)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.spec.output_shape
+
+    def __len__(self) -> int:
+        return self._n
+
+    def refresh(self) -> int:
+        """Re-read the committed row count (a reader following a writer); returns it."""
+        self._n = int(self._table.counts(refresh=True)[0])
+        if self.store.mode == "r":
+            self._dataset().refresh()
+            self._group["frame_hash"].refresh()
+        return self._n
+
+    def append(self, features: np.ndarray, frame_hashes: np.ndarray | None = None) -> int:
+        """Append rows (flushed, then committed); returns the new committed count."""
+        features = np.asarray(features)
+        if features.shape[1:] != self.spec.output_shape:
+            raise ValueError(f"features of shape {features.shape[1:]} do not fit set {self.name!r} {self.spec.output_shape}")
+        if frame_hashes is None:
+            frame_hashes = np.zeros((len(features), HASH_BYTES), dtype=np.uint8)
+        if len(frame_hashes) != len(features):
+            raise ValueError(f"{len(frame_hashes)} frame hashes for {len(features)} feature rows")
+        self.store._ensure_swmr()
+        table = self._table
+        start = int(table.counts()[0])
+        table.append("features", encode(features, self.spec.dtype), start)
+        end = table.append("frame_hash", np.asarray(frame_hashes, dtype=np.uint8), start)
+        table.commit([end])
+        self._n = end
+        return end
+
+    def _dataset(self) -> h5py.Dataset:
+        """The features dataset (re-fetched after the writer reopened its file) with its chunk cache."""
+        if self.store._file_generation != self._cache_generation:
+            self._cache = _ChunkCache(self._group["features"], self._cache_bytes)
+            self._cache_generation = self.store._file_generation
+        return self._cache.dataset
+
+    def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Rows at ``indices`` (any order, repeats allowed) as float32 ``(len(indices), *output_shape)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self._n):
+            raise IndexError(f"index out of range for feature set {self.name!r} with {self._n} committed rows")
+        self._dataset()
+        return decode(self._cache.gather(idx, self._n), self.spec.dtype)
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        if not 0 <= start <= stop <= self._n:
+            raise IndexError(f"rows [{start}, {stop}) out of range for feature set {self.name!r} with {self._n} rows")
+        return decode(self._dataset()[start:stop], self.spec.dtype)
+
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A uniform random batch: (indices, features)."""
+        if self._n == 0:
+            raise ValueError(f"feature set {self.name!r} is empty")
+        rng = rng or np.random.default_rng()
+        idx = rng.integers(0, self._n, size=batch_size)
+        return idx, self.read(idx)
+
+    def hashes(self) -> np.ndarray:
+        """Frame hashes of all committed rows, (N, 16) uint8."""
+        return self._group["frame_hash"][: self._n]
+
+    def episode(self, index: int) -> np.ndarray:
+        """Features of episode ``index``, in order (needs an episode index and its rows to be committed)."""
+        start, length = self.store.episode_bounds(index)
+        if start + length > self._n:
+            raise IndexError(
+                f"episode {index} (rows {start}..{start + length}) is not fully extracted yet for set {self.name!r}"
+                f" ({self._n} rows committed); run `pvrw extract` again to finish it"
+            )
+        return self.read_range(start, start + length)
+
+    def iter_episodes(self) -> Iterator[np.ndarray]:
+        for i in range(self.store.num_episodes()):
+            start, length = self.store.episode_bounds(i)
+            if start + length > self._n:
+                return
+            yield self.read_range(start, start + length)
+
+
+class FeatureStore:
+    """An HDF5 feature file. ``mode="r"`` (SWMR reader; works while another process appends) or ``"a"`` (writer).
+
+    >>> with FeatureStore("features.h5", "a") as store:                     # doctest: +SKIP
+    ...     fs = store.require_set(FeatureSpec.from_backbone(backbone))
+    ...     fs.append(backbone.embed(frames))
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r", cache_bytes: int = 256 << 20):
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        self.path = os.fspath(path)
+        self.mode = mode
+        self._cache_bytes = cache_bytes
+        self._swmr = False
+        self._file_generation = 0
+        self._file = self._open()
+        self._sets: dict[str, FeatureSet] = {}
+
+    def _open(self) -> h5py.File:
+        if self.mode == "r":
+            return _h5.open_for_reading(self.path, FORMAT)
+        return _h5.open_for_writing(self.path, FORMAT)
+
+    # --- writer-side mode switching: objects can only be created outside SWMR mode ---
+    def _ensure_setup_mode(self) -> None:
+        if self.mode != "a":
+            raise FeatureCacheError(f"{self.path} is open read-only")
+        if self._swmr:
+            self._file.close()
+            self._file = self._open()
+            self._swmr = False
+            self._file_generation += 1
+
+    def _ensure_swmr(self) -> None:
+        if self.mode != "a":
+            raise FeatureCacheError(f"{self.path} is open read-only; open it with mode='a' to append")
+        if not self._swmr:
+            _h5.start_swmr(self._file)
+            self._swmr = True
+
+    # --- sets ---
+    def set_names(self) -> list[str]:
+        return sorted(self._file["sets"]) if "sets" in self._file else []
+
+    def __contains__(self, name: str) -> bool:
+        return "sets" in self._file and name in self._file["sets"]
+
+    def get_set(self, name: str) -> FeatureSet:
+        if name not in self:
+            have = ", ".join(self.set_names()) or "none"
+            raise KeyError(f"{self.path} has no feature set {name!r} (sets: {have})")
+        if name not in self._sets:
+            self._sets[name] = FeatureSet(self, name, self._cache_bytes)
+        return self._sets[name]
+
+    def require_set(self, spec: FeatureSpec, name: str | None = None) -> FeatureSet:
+        """The set called ``name`` (default: the backbone name), created if absent, refused if it mismatches ``spec``."""
+        name = name or spec.backbone
+        if name in self:
+            spec.check_matches(FeatureSpec.from_attrs(self._file["sets"][name]), f"feature set {name!r} in {self.path}")
+            return self.get_set(name)
+        self._ensure_setup_mode()
+        group = self._file.require_group("sets").create_group(name)
+        spec.write_attrs(group)
+        table = Table.create(group, n_slots=1)
+        table.create_column("features", spec.output_shape, _STORAGE[spec.dtype])
+        table.create_column("frame_hash", (HASH_BYTES,), np.uint8, chunk_rows=4096)
+        self._file.flush()
+        return self.get_set(name)
+
+    # --- episode index (written by extraction) ---
+    def num_episodes(self) -> int:
+        if "episodes" not in self._file:
+            return 0
+        group = self._file["episodes"]
+        if self.mode == "r":
+            group["frame_start"].refresh()
+            group["num_frames"].refresh()
+        return int(Table(group).counts(refresh=self.mode == "r")[0])
+
+    def episode_bounds(self, index: int) -> tuple[int, int]:
+        n = self.num_episodes()
+        if not 0 <= index < n:
+            raise IndexError(f"episode {index} out of range: {self.path} indexes {n} episodes")
+        group = self._file["episodes"]
+        return int(group["frame_start"][index]), int(group["num_frames"][index])
+
+    def source_uuid(self) -> str | None:
+        return _h5.str_attr(self._file["episodes"], "source_uuid") if "episodes" in self._file else None
+
+    def require_episode_index(self, source_uuid: str, source_path: str) -> None:
+        """Create the episode index tied to a source dataset; refuse a file tied to another source."""
+        if "episodes" in self._file:
+            have = self.source_uuid()
+            if have != source_uuid:
+                raise FeatureCacheError(
+                    f"{self.path} holds features of another episode dataset (uuid {have}, from"
+                    f" {_h5.str_attr(self._file['episodes'], 'source_path')}), not of {source_path} (uuid {source_uuid});"
+                    " write to a new --out file"
+                )
+            return
+        self._ensure_setup_mode()
+        group = self._file.create_group("episodes")
+        group.attrs["source_uuid"] = source_uuid
+        group.attrs["source_path"] = os.path.abspath(source_path)
+        table = Table.create(group, n_slots=1)
+        table.create_column("frame_start", (), np.int64, compression=None, chunk_rows=4096)
+        table.create_column("num_frames", (), np.int64, compression=None, chunk_rows=4096)
+        self._file.flush()
+
+    def append_episodes(self, frame_start: np.ndarray, num_frames: np.ndarray) -> None:
+        self._ensure_swmr()
+        table = Table(self._file["episodes"])
+        start = int(table.counts()[0])
+        table.append("frame_start", np.asarray(frame_start, dtype=np.int64), start)
+        end = table.append("num_frames", np.asarray(num_frames, dtype=np.int64), start)
+        table.commit([end])
+
+    # --- lifecycle ---
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.path!r}, mode={self.mode!r}, sets={self.set_names()})"
