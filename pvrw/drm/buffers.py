@@ -1,0 +1,427 @@
+"""Frame-deduplicating n-step replay buffer for DrM.
+
+A frame-stacked observation ``(k * c, H, W)`` shares ``k - 1`` frames with the next one, and SB3's
+:class:`~stable_baselines3.common.buffers.ReplayBuffer` stores both ``obs`` and ``next_obs`` whole, so every frame is
+kept ``2k`` times (DrQ-v2/DrM store the stack once per step: ``k`` times). :class:`DrMReplayBuffer` stores every
+frame (or per-frame embedding) once per environment, in a ring, and rebuilds the stacks at sample time. It returns
+the same :class:`~stable_baselines3.common.type_aliases.ReplayBufferSamples` as SB3's ``NStepReplayBuffer``
+(``discounts`` = gamma ** m for the m rewards summed, ``dones`` = true termination at the end of the window).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
+from stable_baselines3.common.preprocessing import is_image_space_channels_first
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+try:  # same optional dependency as SB3's memory check
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
+
+N_STEP_RULES = ("reference", "truncated")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+# Default frame slack: room for `buffer_size` transitions when episodes average at least this many steps.
+EPISODE_LENGTH_HINT = 100
+
+
+def infer_frame_stack(observation_space: spaces.Box) -> int:
+    """
+    Number of frames stacked along axis 0 of an observation, guessed from its space.
+
+    - uint8 channel-first image ``(3k, H, W)``: ``k`` RGB frames (what ``VecFrameStack`` / pvrw's ``make_env`` give);
+    - float array ``(k, ...)`` with two or more axes: ``k`` rows (what ``PVRObservation`` gives: one embedding per frame);
+    - anything else (flat vectors, channel-last images, channel counts that are not a multiple of 3): 1.
+
+    Pass ``frame_stack`` explicitly for other layouts, e.g. 4 stacked grayscale frames ``(4, H, W)``.
+
+    :param observation_space: the observation space of the environment
+    :return: the number of frames in one observation
+    """
+    shape = observation_space.shape
+    if observation_space.dtype == np.uint8 and len(shape) == 3:
+        if is_image_space_channels_first(observation_space) and shape[0] % 3 == 0:
+            return shape[0] // 3
+        return 1
+    if np.issubdtype(observation_space.dtype, np.floating) and len(shape) >= 2:
+        return shape[0]
+    return 1
+
+
+class DrMReplayBuffer(ReplayBuffer):
+    """
+    Replay buffer that stores each frame once and returns n-step transitions, as DrM/DrQ-v2 train on.
+
+    Storage, per environment: a ring of ``frame_capacity // n_envs`` frames and a ring of ``buffer_size // n_envs``
+    transition slots (action, reward, done, timeout and the position of the newest frame of ``obs``). At the start
+    of an episode the whole first stack is stored, then only the newest frame of each ``next_obs``: an episode of
+    ``L`` steps costs ``k + L`` frames. Both rings are first-in first-out; a transition whose oldest frame has been
+    overwritten is no longer sampled.
+
+    Sampling rules (``n_step_rule``):
+
+    - ``"reference"`` (default, DrQ-v2/DrM ``replay_buffer.py``): only starts whose ``n`` steps lie in one episode and
+      are all stored are sampled, so every sample sums exactly ``n`` rewards and ``discounts`` is ``gamma ** n``.
+      The last ``n - 1`` steps of an episode appear only inside windows. Time-limit ends are not terminal
+      (``dones`` is 1 only for a true termination; with ``handle_timeout_termination=False`` every end is terminal).
+      Deliberate differences from the reference's data pipeline, which change no target: starts are drawn uniformly
+      over stored transitions (the reference draws an episode, then a step: the same distribution when episodes
+      have equal length, as in Meta-World and DMC), and steps of the running episode are sampleable as soon as their
+      window is stored (the reference waits for the episode's file to be written).
+    - ``"truncated"`` (SB3 ``NStepReplayBuffer``): every stored transition is a start; its window stops at the first
+      episode end (done or timeout, inclusive) or at the newest stored step, ``discounts`` is ``gamma ** m`` for the
+      ``m <= n`` rewards summed, and ``dones = done * (1 - timeout)`` at the window's last step.
+
+    Observations passed to :meth:`add` are whole stacks, as SB3 passes them. :meth:`add` checks that ``next_obs``
+    is ``obs`` shifted by one frame (else the observation is not a frame stack and ``frame_stack=1`` is needed).
+    An ``obs`` that does not continue the stored ``next_obs`` of an open episode (e.g. ``learn()`` was called again
+    and reset the env) starts a new episode: windows never cross it, and the cut step bootstraps.
+
+    :param buffer_size: max number of transitions (all envs together, as in SB3)
+    :param observation_space: a ``Box`` observation space (Dict spaces are not supported)
+    :param action_space: action space
+    :param device: PyTorch device of the sampled tensors
+    :param n_envs: number of parallel environments
+    :param optimize_memory_usage: not supported (frames are already stored once); must be False
+    :param handle_timeout_termination: treat ``infos[i]["TimeLimit.truncated"]`` ends as non-terminal
+    :param n_steps: number of rewards summed in the n-step return
+    :param gamma: discount factor of the n-step return
+    :param frame_stack: frames per observation along axis 0; ``None`` infers it with :func:`infer_frame_stack`
+    :param storage_dtype: dtype frames are stored in; ``None`` keeps the observation dtype. ``np.float16`` halves the
+        memory of float embeddings; samples are cast back to the observation dtype. float16 keeps 11 significant
+        bits (relative rounding error up to 2**-11 ~= 4.9e-4) and overflows above 65504, which :meth:`add` refuses.
+    :param n_step_rule: ``"reference"`` (DrQ-v2/DrM, full windows only) or ``"truncated"`` (SB3), see above
+    :param frame_capacity: max number of stored frames (all envs together). ``None``: ``buffer_size`` plus
+        ``frame_stack`` frames per ``EPISODE_LENGTH_HINT`` (100) steps, enough for ``buffer_size`` transitions when
+        episodes average at least 100 steps. With shorter episodes the oldest transitions are evicted earlier.
+    """
+
+    def __init__(
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        optimize_memory_usage: bool = False,
+        handle_timeout_termination: bool = True,
+        *,
+        n_steps: int = 3,
+        gamma: float = 0.99,
+        frame_stack: int | None = None,
+        storage_dtype: np.typing.DTypeLike | None = None,
+        n_step_rule: str = "reference",
+        frame_capacity: int | None = None,
+    ):
+        # ReplayBuffer.__init__ would allocate stacked `observations` / `next_observations`: skip it.
+        BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
+        if not isinstance(observation_space, spaces.Box):
+            raise TypeError(f"DrMReplayBuffer needs a Box observation space, got {observation_space}.")
+        if optimize_memory_usage:
+            raise NotImplementedError(
+                "DrMReplayBuffer already stores each frame once; optimize_memory_usage=True is not supported, "
+                "leave it False."
+            )
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+        if n_step_rule not in N_STEP_RULES:
+            raise ValueError(f"n_step_rule must be one of {N_STEP_RULES}, got {n_step_rule!r}.")
+        self.optimize_memory_usage = False
+        self.handle_timeout_termination = handle_timeout_termination
+        self.n_steps = n_steps
+        self.gamma = gamma
+        self.n_step_rule = n_step_rule
+        self.buffer_size = max(buffer_size // n_envs, 1)
+
+        self.frame_stack = infer_frame_stack(observation_space) if frame_stack is None else int(frame_stack)
+        if self.frame_stack < 1 or self.obs_shape[0] % self.frame_stack != 0:
+            raise ValueError(
+                f"frame_stack={self.frame_stack} does not divide axis 0 of the observation shape {self.obs_shape}."
+            )
+        self.frame_shape = (self.obs_shape[0] // self.frame_stack, *self.obs_shape[1:])
+        self.storage_dtype = np.dtype(observation_space.dtype if storage_dtype is None else storage_dtype)
+        if self.storage_dtype != observation_space.dtype and not (
+            np.issubdtype(observation_space.dtype, np.floating) and np.issubdtype(self.storage_dtype, np.floating)
+        ):
+            raise ValueError(
+                f"storage_dtype={self.storage_dtype} is only for float observations (got {observation_space.dtype}); "
+                "leave it None for images."
+            )
+        if frame_capacity is None:
+            per_env = self.buffer_size + self.frame_stack * -(-self.buffer_size // EPISODE_LENGTH_HINT)
+        else:
+            per_env = frame_capacity // n_envs
+        # the newest stack plus one next frame must always fit
+        self.frame_capacity = max(per_env, self.frame_stack + 1)
+
+        self.frames = np.zeros((self.frame_capacity, n_envs, *self.frame_shape), dtype=self.storage_dtype)
+        # absolute index (frames written by that env so far) of the newest frame of `obs`; -1: never written
+        self.obs_frame = np.full((self.buffer_size, n_envs), -1, dtype=np.int64)
+        self.actions = np.zeros((self.buffer_size, n_envs, self.action_dim), dtype=self._maybe_cast_dtype(action_space.dtype))
+        self.rewards = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self.dones = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self.timeouts = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
+        self._reset_episode_state()
+        self._warn_if_memory_short()
+
+    # ------------------------------------------------------------------ storage
+    def _reset_episode_state(self) -> None:
+        self.frames_written = np.zeros(self.n_envs, dtype=np.int64)
+        # absolute index of the newest frame of the last stored next_obs, per env; -1 before the first add
+        self.last_frame = np.full(self.n_envs, -1, dtype=np.int64)
+        self.episode_open = np.zeros(self.n_envs, dtype=bool)
+
+    def reset(self) -> None:
+        """Empty the buffer."""
+        super().reset()
+        self.obs_frame.fill(-1)
+        self._reset_episode_state()
+
+    def nbytes(self) -> int:
+        """:return: bytes allocated by the buffer's arrays"""
+        arrays = (self.frames, self.obs_frame, self.actions, self.rewards, self.dones, self.timeouts)
+        return int(sum(a.nbytes for a in arrays))
+
+    def _warn_if_memory_short(self) -> None:
+        if psutil is None:  # pragma: no cover
+            return
+        available = psutil.virtual_memory().available
+        if self.nbytes() > available:
+            warnings.warn(
+                "This system does not have apparently enough memory to store the complete "
+                f"replay buffer {self.nbytes() / 1e9:.2f}GB > {available / 1e9:.2f}GB"
+            )
+
+    def _ring(self, absolute: np.ndarray) -> np.ndarray:
+        return absolute % self.frame_capacity
+
+    def _write_frames(self, env_idx: int, frames: np.ndarray) -> None:
+        start = self.frames_written[env_idx]
+        self.frames[self._ring(start + np.arange(len(frames))), env_idx] = frames
+        self.frames_written[env_idx] += len(frames)
+
+    def _as_frames(self, obs: np.ndarray) -> np.ndarray:
+        """Split one observation into ``(k, *frame_shape)`` frames in the storage dtype."""
+        frames = obs.reshape(self.frame_stack, *self.frame_shape)
+        if frames.dtype == self.storage_dtype:
+            return frames
+        stored = frames.astype(self.storage_dtype)
+        if self.storage_dtype == np.float16 and np.any(np.abs(frames[np.isfinite(frames)]) > FLOAT16_MAX):
+            raise ValueError(
+                f"An observation value exceeds the float16 range (|x| > {FLOAT16_MAX}); "
+                "use storage_dtype=np.float32 (or None) for these features."
+            )
+        return stored
+
+    def _check_frame_shift(self, env_idx: int, obs: np.ndarray, next_obs: np.ndarray) -> None:
+        k = self.frame_stack
+        obs_frames = obs.reshape(k, *self.frame_shape)
+        next_frames = next_obs.reshape(k, *self.frame_shape)
+        equal_nan = obs.dtype.kind == "f"
+        if not np.array_equal(next_frames[:-1], obs_frames[1:], equal_nan=equal_nan):
+            raise ValueError(
+                f"DrMReplayBuffer(frame_stack={k}) stores each of the {k} frames of an observation "
+                f"{self.obs_shape} (split along axis 0 into frames of shape {self.frame_shape}) once, which "
+                "requires next_obs to be obs shifted by one frame (oldest first, as VecFrameStack, Gymnasium's "
+                f"FrameStackObservation and pvrw's make_env/PVRObservation stack them). For env {env_idx}, the older "
+                f"{k - 1} frame(s) of next_obs differ from the newer ones of obs, so these observations are not such "
+                "a frame stack. frame_stack was "
+                + ("inferred from the observation space" if k == infer_frame_stack(self.observation_space) else "set")
+                + ". Pass frame_stack=1 (e.g. replay_buffer_kwargs=dict(frame_stack=1)) to store observations "
+                "whole, or give the buffer real frame stacks."
+            )
+
+    def _stored_stack_equals(self, env_idx: int, frames: np.ndarray) -> bool:
+        newest = self.last_frame[env_idx]
+        stored = self.frames[self._ring(newest - np.arange(self.frame_stack - 1, -1, -1)), env_idx]
+        return np.array_equal(stored, frames, equal_nan=frames.dtype.kind == "f")
+
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        """
+        Store one step of every env. ``obs`` and ``next_obs`` are whole stacks (``next_obs`` is the terminal
+        observation where ``done``), as ``OffPolicyAlgorithm._store_transition`` passes them.
+
+        :param obs: observations, shape ``(n_envs, *obs_shape)``
+        :param next_obs: next observations, same shape
+        :param action: actions, ``(n_envs, action_dim)``
+        :param reward: rewards, ``(n_envs,)``
+        :param done: episode ends (termination or truncation), ``(n_envs,)``
+        :param infos: one info dict per env; ``"TimeLimit.truncated"`` marks time-limit ends
+        """
+        try:
+            obs = np.asarray(obs).reshape((self.n_envs, *self.obs_shape))
+            next_obs = np.asarray(next_obs).reshape((self.n_envs, *self.obs_shape))
+        except ValueError as error:
+            raise ValueError(
+                f"add() expects obs and next_obs of shape (n_envs={self.n_envs}, *{self.obs_shape}), "
+                f"got {np.shape(obs)} and {np.shape(next_obs)}."
+            ) from error
+        done = np.asarray(done, dtype=bool).reshape(self.n_envs)
+        for env_idx in range(self.n_envs):
+            if self.frame_stack > 1:
+                self._check_frame_shift(env_idx, obs[env_idx], next_obs[env_idx])
+            frames = self._as_frames(obs[env_idx])
+            if not (self.episode_open[env_idx] and self._stored_stack_equals(env_idx, frames)):
+                self._write_frames(env_idx, frames)  # a new episode: its whole first stack
+            self.obs_frame[self.pos, env_idx] = self.frames_written[env_idx] - 1
+            self._write_frames(env_idx, self._as_frames(next_obs[env_idx])[-1:])
+            self.last_frame[env_idx] = self.frames_written[env_idx] - 1
+        self.episode_open = ~done
+
+        self.actions[self.pos] = np.asarray(action).reshape((self.n_envs, self.action_dim))
+        self.rewards[self.pos] = np.asarray(reward)
+        self.dones[self.pos] = done
+        if self.handle_timeout_termination:
+            self.timeouts[self.pos] = np.array([info.get("TimeLimit.truncated", False) for info in infos])
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
+            self.pos = 0
+
+    # ----------------------------------------------------------------- sampling
+    def _stack(self, newest: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+        """Rebuild ``(B, *obs_shape)`` stacks whose newest frames have absolute indices ``newest``."""
+        offsets = np.arange(self.frame_stack - 1, -1, -1)
+        frames = self.frames[self._ring(newest[:, None] - offsets), env_indices[:, None]]
+        return frames.reshape(len(newest), *self.obs_shape).astype(self.observation_space.dtype, copy=False)
+
+    def window_lengths(self, batch_inds: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+        """
+        :param batch_inds: transition slots
+        :param env_indices: env of each slot
+        :return: number of steps (1..n_steps) from each start that are stored and in the start's episode, up to
+            and including the episode's last step
+        """
+        steps = np.arange(self.n_steps)
+        window = self.obs_frame[(batch_inds[:, None] + steps) % self.buffer_size, env_indices[:, None]]
+        # Inside an episode the newest obs frame advances by exactly one per step; a new episode stores its whole
+        # first stack (a jump of k + 1), an unwritten slot holds -1 and the slot after the newest holds an older step.
+        continues = window == window[:, :1] + steps
+        return np.cumprod(continues, axis=1).sum(axis=1)
+
+    def is_sampleable(self, batch_inds: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+        """
+        :param batch_inds: transition slots
+        :param env_indices: env of each slot
+        :return: whether each transition is stored, its frames are not overwritten and (reference rule) its full
+            n-step window is stored inside its episode
+        """
+        newest = self.obs_frame[batch_inds, env_indices]
+        valid = (newest >= 0) & (newest - self.frame_stack + 1 >= self.frames_written[env_indices] - self.frame_capacity)
+        if self.n_step_rule == "reference":
+            valid &= self.window_lengths(batch_inds, env_indices) == self.n_steps
+        return valid
+
+    def sampleable_mask(self) -> np.ndarray:
+        """:return: ``(buffer_size, n_envs)`` bool array, True where :meth:`sample` may draw the transition"""
+        slots, envs = np.meshgrid(np.arange(self.buffer_size), np.arange(self.n_envs), indexing="ij")
+        return self.is_sampleable(slots.ravel(), envs.ravel()).reshape(self.buffer_size, self.n_envs)
+
+    def sample_indices(self, batch_size: int, max_rejection_rounds: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Draw transitions uniformly among the sampleable ones (rejection sampling, then an exact draw from the
+        sampleable set for what is left).
+
+        :param batch_size: number of transitions
+        :param max_rejection_rounds: redraw rounds before falling back to enumerating the sampleable set
+        :return: ``(batch_inds, env_indices)``
+        """
+        upper_bound = self.buffer_size if self.full else self.pos
+        batch_inds = np.zeros(batch_size, dtype=np.int64)
+        env_indices = np.zeros(batch_size, dtype=np.int64)
+        todo = np.arange(batch_size)
+        for _ in range(max_rejection_rounds if upper_bound > 0 else 0):
+            batch_inds[todo] = np.random.randint(0, upper_bound, size=len(todo))
+            env_indices[todo] = np.random.randint(0, self.n_envs, size=len(todo))
+            todo = todo[~self.is_sampleable(batch_inds[todo], env_indices[todo])]
+            if len(todo) == 0:
+                return batch_inds, env_indices
+        candidates = np.flatnonzero(self.sampleable_mask())
+        if len(candidates) == 0:
+            needed = f"a complete {self.n_steps}-step window inside one episode" if self.n_step_rule == "reference" else "a stored step"
+            raise ValueError(
+                f"DrMReplayBuffer has no sampleable transition yet: sampling needs {needed} "
+                f"({self.size()} steps stored per env). Collect more steps before training (learning_starts >= "
+                f"n_steps), or use n_step_rule='truncated' if episodes are shorter than n_steps={self.n_steps}."
+            )
+        chosen = candidates[np.random.randint(0, len(candidates), size=len(todo))]
+        batch_inds[todo], env_indices[todo] = np.divmod(chosen, self.n_envs)
+        return batch_inds, env_indices
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        """
+        :param batch_size: number of transitions
+        :param env: VecNormalize env to normalise observations and rewards with, if any
+        :return: n-step transitions (``rewards`` = discounted n-step return, ``discounts`` = gamma ** m)
+        """
+        batch_inds, env_indices = self.sample_indices(batch_size)
+        return self._get_samples(batch_inds, env=env, env_indices=env_indices)
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None, env_indices: np.ndarray | None = None
+    ) -> ReplayBufferSamples:
+        """
+        :param batch_inds: transition slots (start of each n-step window)
+        :param env: VecNormalize env, if any
+        :param env_indices: env of each slot; drawn uniformly when None, as SB3 does
+        :return: the n-step transitions starting at these slots
+        """
+        if env_indices is None:
+            env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
+        steps = np.arange(self.n_steps)
+        lengths = self.window_lengths(batch_inds, env_indices)
+        mask = steps[None, :] < lengths[:, None]
+        rewards = self._normalize_reward(self.rewards[(batch_inds[:, None] + steps) % self.buffer_size, env_indices[:, None]], env)
+        n_step_returns = (rewards * self.gamma ** steps.astype(np.float32) * mask).sum(axis=1, keepdims=True)
+        discounts = self.gamma ** lengths[:, None].astype(np.float32)
+        last = (batch_inds + lengths - 1) % self.buffer_size
+        dones = self.dones[last, env_indices] * (1.0 - self.timeouts[last, env_indices])
+
+        newest = self.obs_frame[batch_inds, env_indices]
+        obs = self._normalize_obs(self._stack(newest, env_indices), env)
+        next_obs = self._normalize_obs(self._stack(newest + lengths, env_indices), env)
+        return ReplayBufferSamples(
+            observations=self.to_torch(obs, copy=False),  # type: ignore[arg-type]
+            actions=self.to_torch(self.actions[batch_inds, env_indices]),
+            next_observations=self.to_torch(next_obs, copy=False),  # type: ignore[arg-type]
+            dones=self.to_torch(dones[:, None].astype(np.float32)),
+            rewards=self.to_torch(n_step_returns.astype(np.float32)),
+            discounts=self.to_torch(discounts.astype(np.float32)),
+        )
+
+    # ---------------------------------------------------- SB3 compatibility views
+    def _stacked_view(self, offset: int) -> np.ndarray:
+        out = np.zeros((self.buffer_size, self.n_envs, *self.obs_shape), dtype=self.observation_space.dtype)
+        slots, envs = np.nonzero(self.obs_frame >= 0)
+        newest = self.obs_frame[slots, envs] + offset
+        alive = newest - self.frame_stack + 1 >= self.frames_written[envs] - self.frame_capacity
+        out[slots[alive], envs[alive]] = self._stack(newest[alive], envs[alive])
+        return out
+
+    @property  # type: ignore[override]
+    def observations(self) -> np.ndarray:
+        """
+        Stacked ``obs`` of every slot, ``(buffer_size, n_envs, *obs_shape)``, zeros where not stored (or frames
+        overwritten). A full copy at SB3's memory cost: for inspection and code written for ``ReplayBuffer``.
+        """
+        return self._stacked_view(0)
+
+    @property  # type: ignore[override]
+    def next_observations(self) -> np.ndarray:
+        """One-step ``next_obs`` of every slot (the terminal observation at episode ends); see :attr:`observations`."""
+        return self._stacked_view(1)
