@@ -1,0 +1,125 @@
+"""DrM's three dormant-ratio mechanisms and the measurement itself (reference ``utils.py`` / ``agents/drm*.py``).
+
+Formulas, with beta the actor's dormant ratio and beta_hat the target dormant ratio:
+
+- perturbation factor ``alpha = clip(1 - perturb_rate * beta, min_perturb_factor, max_perturb_factor)``;
+- dormant exploration std ``sigma(beta) = 1 / (1 + exp(-dormant_temp * (beta - beta_hat)))``;
+- exploitation weight (``agents/drm.py``) ``lambda(beta) = target_lambda / (1 + exp(lambda_temp * (beta - beta_hat)))``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch as th
+from torch import nn
+
+from pvrw.drm.networks import weight_init
+
+
+def perturb_factor(dormant_ratio: float, perturb_rate: float, min_factor: float, max_factor: float) -> float:
+    """
+    Shrink factor of a perturbation: ``min(max(min_factor, 1 - perturb_rate * dormant_ratio), max_factor)``.
+
+    :param dormant_ratio: the actor's dormant ratio
+    :param perturb_rate: slope (2 in DrM)
+    :param min_factor: lower clip (0.2 in DrM)
+    :param max_factor: upper clip (per task; 0.95 in ``drm_mw.yaml``)
+    :return: alpha, the weight kept from the current parameters
+    """
+    return min(max(min_factor, 1.0 - perturb_rate * dormant_ratio), max_factor)
+
+
+def dormant_stddev(dormant_ratio: float, target_dormant_ratio: float, dormant_temp: float) -> float:
+    """
+    DrM ``dormant_stddev``: ``1 / (1 + exp(-dormant_temp * (dormant_ratio - target_dormant_ratio)))``.
+
+    :param dormant_ratio: the actor's dormant ratio
+    :param target_dormant_ratio: beta_hat (0.2 in DrM)
+    :param dormant_temp: inverse temperature (10 in DrM)
+    :return: the dormant-ratio exploration std
+    """
+    return 1.0 / (1.0 + math.exp(-dormant_temp * (dormant_ratio - target_dormant_ratio)))
+
+
+def dormant_lambda(dormant_ratio: float, target_lambda: float, target_dormant_ratio: float, lambda_temp: float) -> float:
+    """
+    ``agents/drm.py`` ``lambda_``: ``target_lambda / (1 + exp(lambda_temp * (dormant_ratio - target_dormant_ratio)))``.
+
+    :param dormant_ratio: the actor's dormant ratio
+    :param target_lambda: lambda_hat (0.6 in the DMC configs)
+    :param target_dormant_ratio: beta_hat (0.2)
+    :param lambda_temp: inverse temperature (50)
+    :return: the weight of the value network in the blended TD target
+    """
+    return target_lambda / (1.0 + math.exp(lambda_temp * (dormant_ratio - target_dormant_ratio)))
+
+
+@th.no_grad()
+def dormant_ratio(network: nn.Module, *inputs: th.Tensor, threshold: float = 0.025) -> float:
+    """
+    ``utils.cal_dormant_ratio``: the fraction of dormant units over every ``nn.Linear`` of ``network``.
+
+    For a layer with outputs ``h`` (batch x units), ``s_i = mean_batch |h_i|``; unit i is dormant iff
+    ``s_i < threshold * mean_j s_j``. The ratio is ``sum(#dormant) / sum(out_features)`` over all Linear layers
+    (neuron-weighted, not a mean of per-layer ratios).
+
+    The outputs are captured by forward hooks and scored after the whole forward pass, as in the reference. A Linear
+    followed by an in-place ReLU (the reference actor's hidden layers) is therefore scored on its ReLU output, while
+    the trunk's Linear (followed by LayerNorm) and the output Linear (followed by ``tanh``) are scored before their
+    activation.
+
+    :param network: the module to measure (DrM: the actor)
+    :param inputs: forward inputs (DrM: the encoded, augmented, detached training batch)
+    :param threshold: tau, relative to the layer's mean score (0.025 in DrM)
+    :return: the dormant ratio in [0, 1]
+    """
+    linears = [module for module in network.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(network).__name__} has no nn.Linear layer to measure")
+    outputs: dict[int, list[th.Tensor]] = defaultdict(list)
+    handles = [
+        module.register_forward_hook(lambda _m, _i, out, index=index: outputs[index].append(out))
+        for index, module in enumerate(linears)
+    ]
+    try:
+        network(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    total_units, dormant_units = 0, 0
+    for index, module in enumerate(linears):
+        for output in outputs[index]:
+            score = output.abs().reshape(-1, output.shape[-1]).mean(0)
+            dormant_units += int((score < score.mean() * threshold).sum().item())
+            total_units += module.out_features
+    return dormant_units / total_units
+
+
+@th.no_grad()
+def perturb(network: nn.Module, optimizer: th.optim.Optimizer | None, factor: float) -> None:
+    """
+    ``utils.perturb`` (shrink and perturb): every ``nn.Linear`` parameter becomes ``factor * theta + (1 - factor) *
+    phi`` with ``phi`` a fresh :func:`weight_init` draw (orthogonal weights, zero biases, so biases are just scaled by
+    ``factor``); every other parameter (LayerNorm, convolutions) is left unchanged; the optimizer state is reset
+    (``optimizer.state = defaultdict(dict)``), even when ``factor == 1``.
+
+    The reference re-initialises a deep copy of the whole network and matches parameter names against Linear module
+    names; drawing a fresh init per Linear layer gives the same result for DrM's networks without copying them (which
+    matters for the 100M-parameter PIE-G head at 224 px).
+
+    :param network: the module to perturb in place
+    :param optimizer: its optimizer, whose state is reset (None: nothing to reset)
+    :param factor: alpha, see :func:`perturb_factor`
+    """
+    for module in network.modules():
+        if isinstance(module, nn.Linear):
+            fresh = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            fresh = fresh.to_empty(device=module.weight.device).to(module.weight.dtype)
+            weight_init(fresh)
+            module.weight.mul_(factor).add_(fresh.weight, alpha=1.0 - factor)
+            if module.bias is not None:
+                module.bias.mul_(factor).add_(fresh.bias, alpha=1.0 - factor)
+    if optimizer is not None:
+        optimizer.state = defaultdict(dict)

@@ -1,0 +1,420 @@
+"""DrM (Xu et al., ICLR 2024) as a Stable-Baselines3 off-policy algorithm.
+
+Paper: https://arxiv.org/abs/2310.19668 -- original code: https://github.com/XuGW-Kevin/DrM (commit 317116a), built
+on DrQ-v2 (https://github.com/facebookresearch/drqv2). The update is the reference ``DrMAgent.update`` step for step.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
+from stable_baselines3.common.utils import polyak_update
+
+from pvrw.drm.dormant import dormant_lambda, dormant_ratio, dormant_stddev, perturb, perturb_factor
+from pvrw.drm.networks import VARIANTS, Actor, Critic, ValueNetwork, sample_action
+from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, PiegPolicy
+from pvrw.drm.schedules import ScheduleSpec, parse_step_schedule
+
+SelfDrM = TypeVar("SelfDrM", bound="DrM")
+
+#: Hyper-parameters that differ between the two reference variants (``None`` arguments take these).
+#: ``drm``: the original agent (``agents/drm.py``) as run before the 2024-05-27 Meta-World rewrite: n = 3, gamma =
+#: 0.99, lambda_hat = 0.6 (every task config). ``max_perturb_factor`` has no agent default (``???``); 0.9 is the value
+#: of most of the old Meta-World task configs (assembly, stick-pull, sweep-into; coffee-push/disassemble used 0.6).
+#: ``drm_mw``: ``agents/drm_mw.py`` + ``cfgs/agent/drm_mw.yaml`` with the values that actually take effect in
+#: ``train_mw.py``: n = floor(3 + 7) = 10 and gamma = 0.997 - 0.02 - 0.007 = 0.97, constant (the annealing is dead
+#: code), lambda = 0.5, max_perturb_factor = 0.95.
+VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "drm": dict(n_steps=3, gamma=0.99, target_lambda=0.6, max_perturb_factor=0.9),
+    "drm_mw": dict(n_steps=10, gamma=0.97, target_lambda=0.5, max_perturb_factor=0.95),
+}
+STDDEV_TYPES = ("awake", "dormant")
+
+
+class DrM(OffPolicyAlgorithm):
+    """
+    DrM: dormant-ratio minimisation on top of DrQ-v2 (deterministic actor with scheduled exploration noise, clipped
+    double Q, n-step returns, random-shift augmentation), with dormant-ratio-guided perturbation, exploration and
+    exploitation (expectile value net blended into the TD target).
+
+    Defaults map the reference configuration onto SB3: ``learning_starts = num_seed_frames / action_repeat = 2000``,
+    ``train_freq = update_every_steps = 2``, ``gradient_steps = 1``, ``batch_size = 256``, ``buffer_size = 1e6``,
+    ``learning_rate = 1e-4``, ``tau = critic_target_tau = 0.01``. All schedules count agent steps
+    (``num_timesteps``). ``variant`` picks the reference agent and fills the ``None`` arguments from
+    :data:`VARIANT_DEFAULTS`; explicit arguments win.
+
+    :param policy: ``"CnnPolicy"`` (pixels), ``"MlpPolicy"`` (flat features), ``"PiegPolicy"`` (spatial features) or
+        a policy class
+    :param env: the environment to learn from (if registered in Gym, can be str)
+    :param variant: ``"drm"`` (``agents/drm.py``: MLP Q-heads, dormant-dependent lambda, awakening only after
+        ``num_expl_steps``; the default, as the study used it) or ``"drm_mw"`` (``agents/drm_mw.py``: Dropout +
+        LayerNorm Q-heads, constant lambda, awakening at any step)
+    :param learning_rate: learning rate of the four Adam optimizers (``lr``), constant or SB3 progress schedule
+    :param buffer_size: replay buffer size
+    :param learning_starts: agent steps collected before the first update (``num_seed_frames / action_repeat``)
+    :param batch_size: minibatch size
+    :param tau: target critic EMA coefficient (``critic_target_tau``)
+    :param gamma: discount; None: variant default (0.99 / 0.97)
+    :param train_freq: update every ``train_freq`` steps (``update_every_steps``)
+    :param gradient_steps: gradient steps per update
+    :param action_noise: extra SB3 action noise (not in DrM; keep None)
+    :param replay_buffer_class: replay buffer class; None: SB3's ``NStepReplayBuffer`` with ``n_steps``/``gamma``
+    :param replay_buffer_kwargs: keyword arguments for the replay buffer
+    :param optimize_memory_usage: SB3's memory-efficient buffer option
+    :param n_steps: n-step return length; None: variant default (3 / 10)
+    :param num_expl_steps: agent steps of uniform random actions (``num_expl_steps``); None: ``learning_starts``
+        (both are 2000 in the reference)
+    :param stddev_type: ``"awake"`` (reference default) or ``"dormant"`` (std = sigma(beta) only)
+    :param stddev_schedule: schedule restarted at the awakening step: number, DrQ-v2 string such as
+        ``'linear(1.0,0.1,500000)'`` (the Meta-World / DMC-medium value) or a :class:`~pvrw.drm.schedules.StepSchedule`
+    :param stddev_clip: clip of the target- and actor-update noise (0.3)
+    :param dormant_threshold: tau of the dormant test (0.025)
+    :param target_dormant_ratio: beta_hat (0.2)
+    :param dormant_temp: inverse temperature of the dormant std (10)
+    :param dormant_perturb_interval: perturb every this many agent steps (100,000)
+    :param min_perturb_factor: lower clip of the perturbation factor (0.2)
+    :param max_perturb_factor: upper clip; None: variant default (0.9 / 0.95)
+    :param perturb_rate: slope of the perturbation factor (2)
+    :param target_lambda: lambda_hat (``drm``) or the constant lambda (``drm_mw``); None: variant default (0.6 / 0.5)
+    :param lambda_temp: inverse temperature of the ``drm`` lambda (50); unused by ``drm_mw``
+    :param expectile: expectile of the value regression (0.9)
+    :param stats_window_size: window size for the rollout logging
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments for the policy (``feature_dim``, ``hidden_dim``, ``augment``, ...)
+    :param verbose: 0 none, 1 info (perturbation events), 2 debug
+    :param seed: seed for the pseudo random generators
+    :param device: device on which the code should run (``"auto"``, ``"cpu"``, ``"cuda"``)
+    :param _init_setup_model: whether to build the networks at creation
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "PiegPolicy": PiegPolicy,
+    }
+    policy: DrMPolicy
+    actor: Actor
+    critic: Critic
+    critic_target: Critic
+    value_net: ValueNetwork
+
+    def __init__(
+        self,
+        policy: str | type[DrMPolicy],
+        env: GymEnv | str,
+        variant: str = "drm",
+        learning_rate: float | Schedule = 1e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 2000,
+        batch_size: int = 256,
+        tau: float = 0.01,
+        gamma: float | None = None,
+        train_freq: int | tuple[int, str] = 2,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | None = None,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int | None = None,
+        num_expl_steps: int | None = None,
+        stddev_type: str = "awake",
+        stddev_schedule: ScheduleSpec = "linear(1.0,0.1,500000)",
+        stddev_clip: float = 0.3,
+        dormant_threshold: float = 0.025,
+        target_dormant_ratio: float = 0.2,
+        dormant_temp: float = 10.0,
+        dormant_perturb_interval: int = 100_000,
+        min_perturb_factor: float = 0.2,
+        max_perturb_factor: float | None = None,
+        perturb_rate: float = 2.0,
+        target_lambda: float | None = None,
+        lambda_temp: float = 50.0,
+        expectile: float = 0.9,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        if variant not in VARIANTS:
+            raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {VARIANTS}")
+        if stddev_type not in STDDEV_TYPES:
+            raise ValueError(f"Unknown stddev_type {stddev_type!r}, expected one of {STDDEV_TYPES}")
+        defaults = VARIANT_DEFAULTS[variant]
+        policy_kwargs = dict(policy_kwargs or {})
+        if policy_kwargs.setdefault("variant", variant) != variant:
+            raise ValueError(f"policy_kwargs['variant']={policy_kwargs['variant']!r} contradicts variant={variant!r}")
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            defaults["gamma"] if gamma is None else gamma,
+            train_freq,
+            gradient_steps,
+            action_noise=action_noise,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=defaults["n_steps"] if n_steps is None else n_steps,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            sde_support=False,
+            supported_action_spaces=(spaces.Box,),
+            support_multi_env=True,
+        )
+        self.variant = variant
+        self.num_expl_steps = learning_starts if num_expl_steps is None else num_expl_steps
+        self.stddev_type = stddev_type
+        self.stddev_schedule = parse_step_schedule(stddev_schedule)
+        self.stddev_clip = stddev_clip
+        self.dormant_threshold = dormant_threshold
+        self.target_dormant_ratio = target_dormant_ratio
+        self.dormant_temp = dormant_temp
+        self.dormant_perturb_interval = dormant_perturb_interval
+        self.min_perturb_factor = min_perturb_factor
+        self.max_perturb_factor = defaults["max_perturb_factor"] if max_perturb_factor is None else max_perturb_factor
+        self.perturb_rate = perturb_rate
+        self.target_lambda = defaults["target_lambda"] if target_lambda is None else target_lambda
+        self.lambda_temp = lambda_temp
+        self.expectile = expectile
+        # DrM state (saved with the model): the reference starts from dormant_ratio = 1 and no awakening.
+        self.dormant_ratio = 1.0
+        self.awaken_step: int | None = None
+        self.perturbations: list[dict[str, float]] = []
+        self._perturb_check_step = 0
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        if self.replay_buffer_class is None and not isinstance(self.observation_space, spaces.Dict):
+            self.replay_buffer_class = NStepReplayBuffer
+            self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
+        with warnings.catch_warnings():
+            if "n_steps" in self.replay_buffer_kwargs:  # configured above or by the user: SB3's warning is spurious
+                warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored")
+            super()._setup_model()
+        self._create_aliases()
+
+    def _create_aliases(self) -> None:
+        self.actor = self.policy.actor
+        self.critic = self.policy.critic
+        self.critic_target = self.policy.critic_target
+        self.value_net = self.policy.value_net
+
+    # --- DrM schedules -------------------------------------------------------------------------------------------
+
+    def exploration_std(self, step: int | None = None) -> float:
+        """
+        DrM ``stddev(step)``: ``sigma(beta)`` before awakening; after it, ``max(sigma(beta), schedule(step -
+        awaken_step))`` (``stddev_type="awake"``), so the linear schedule restarts at the awakening step.
+
+        :param step: agent step (default: ``num_timesteps``)
+        :return: the exploration std
+        """
+        step = self.num_timesteps if step is None else step
+        sigma = dormant_stddev(self.dormant_ratio, self.target_dormant_ratio, self.dormant_temp)
+        if self.stddev_type == "dormant" or self.awaken_step is None:
+            return sigma
+        return max(sigma, self.stddev_schedule(step - self.awaken_step))
+
+    def exploitation_lambda(self) -> float:
+        """Weight of the value net in the TD target: dormant-dependent (``drm``) or constant (``drm_mw``)."""
+        if self.variant == "drm_mw":
+            return self.target_lambda
+        return dormant_lambda(self.dormant_ratio, self.target_lambda, self.target_dormant_ratio, self.lambda_temp)
+
+    def perturb_factor(self) -> float:
+        """The current perturbation factor ``clip(1 - perturb_rate * beta, min, max)``."""
+        return perturb_factor(self.dormant_ratio, self.perturb_rate, self.min_perturb_factor, self.max_perturb_factor)
+
+    def perturb(self) -> float:
+        """
+        Shrink-and-perturb actor, critic, target critic (its own fresh init), encoder (no Linear layer in the DrQ-v2
+        encoder: only its optimizer is reset; the PIE-G head's Linear is perturbed) and value net, resetting the Adam
+        states, in the reference order.
+
+        :return: the factor used
+        """
+        factor = self.perturb_factor()
+        policy = self.policy
+        perturb(self.actor, self.actor.optimizer, factor)
+        perturb(self.critic, self.critic.optimizer, factor)
+        perturb(self.critic_target, self.critic.optimizer, factor)
+        perturb(policy.features_extractor, policy.encoder_optimizer, factor)
+        perturb(self.value_net, self.value_net.optimizer, factor)
+        self.perturbations.append(dict(step=self.num_timesteps, factor=factor, dormant_ratio=self.dormant_ratio))
+        if self.verbose >= 1:
+            print(f"DrM perturbation at step {self.num_timesteps}: factor {factor:.3f}, dormant ratio {self.dormant_ratio:.3f}")
+        return factor
+
+    def _maybe_perturb(self, step: int) -> None:
+        # Reference: ``step % dormant_perturb_interval == 0`` at an update. With several envs or another train_freq
+        # updates may skip that exact step, so perturb when a multiple has been crossed since the last check.
+        previous = self._perturb_check_step if step >= self._perturb_check_step else 0  # num_timesteps was reset
+        if step // self.dormant_perturb_interval > previous // self.dormant_perturb_interval:
+            self.perturb()
+        self._perturb_check_step = step
+
+    # --- acting --------------------------------------------------------------------------------------------------
+
+    def _sample_action(
+        self,
+        learning_starts: int,
+        action_noise: ActionNoise | None = None,
+        n_envs: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Uniform random actions for the first ``num_expl_steps`` steps, then ``mean + std * N(0, 1)`` clamped."""
+        if self.num_timesteps < self.num_expl_steps:
+            unscaled_action = np.array([self.action_space.sample() for _ in range(n_envs)])
+        else:
+            assert self._last_obs is not None, "self._last_obs was not set"
+            self.policy.exploration_std = self.exploration_std()
+            unscaled_action, _ = self.predict(self._last_obs, deterministic=False)
+        scaled_action = self.policy.scale_action(unscaled_action)
+        if action_noise is not None:
+            scaled_action = np.clip(scaled_action + action_noise(), -1, 1)
+        return self.policy.unscale_action(scaled_action), scaled_action
+
+    # --- training ------------------------------------------------------------------------------------------------
+
+    def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizers)
+        metrics: dict[str, list[float]] = defaultdict(list)
+        for _ in range(gradient_steps):
+            self._maybe_perturb(self.num_timesteps)
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            for key, value in self._update(replay_data, self.num_timesteps).items():
+                metrics[key].append(value)
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        for key, values in metrics.items():
+            self.logger.record(f"train/{key}", float(np.mean(values)))
+        self.logger.record("train/perturb_factor", self.perturb_factor())
+        self.logger.record("train/n_perturbations", len(self.perturbations))
+        if self.perturbations:
+            self.logger.record("train/last_perturb_step", self.perturbations[-1]["step"])
+            self.logger.record("train/last_perturb_factor", self.perturbations[-1]["factor"])
+        if self.awaken_step is not None:
+            self.logger.record("train/awaken_step", self.awaken_step)
+
+    def _update(self, replay_data: ReplayBufferSamples, step: int) -> dict[str, float]:
+        """One reference ``DrMAgent.update``: encode, dormant ratio, value, critic (+ encoder), actor, target EMA."""
+        policy = self.policy
+        obs = policy.encode(replay_data.observations, augment=True)
+        with th.no_grad():
+            next_obs = policy.encode(replay_data.next_observations, augment=True)
+
+        self.dormant_ratio = dormant_ratio(self.actor, obs.detach(), threshold=self.dormant_threshold)
+        awakening_allowed = self.variant == "drm_mw" or step > self.num_expl_steps
+        if self.awaken_step is None and awakening_allowed and self.dormant_ratio < self.target_dormant_ratio:
+            self.awaken_step = step
+        std = self.exploration_std(step)
+        lambda_ = self.exploitation_lambda()
+        metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std, batch_reward=replay_data.rewards.mean().item())
+        metrics["lambda"] = lambda_
+        metrics.update(self._update_value(obs.detach(), replay_data.actions))
+        metrics.update(self._update_critic(obs, next_obs, replay_data, std, lambda_))
+        metrics.update(self._update_actor(obs.detach(), std))
+        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+        return metrics
+
+    def _update_value(self, obs: th.Tensor, actions: th.Tensor) -> dict[str, float]:
+        # Expectile regression of V(s) on min(Q1, Q2)(s, a) of the online critic (IQL-style). The reference lets these
+        # Q values carry gradients into the critic and clears them before the critic step: no_grad is equivalent.
+        with th.no_grad():
+            q1, q2 = self.critic(obs, actions)
+        error = self.value_net(obs) - th.min(q1, q2)
+        weight = th.where(error > 0, 1.0 - self.expectile, self.expectile)
+        value_loss = (weight * error.pow(2)).mean()
+        self.value_net.optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_net.optimizer.step()
+        return dict(value_loss=value_loss.item())
+
+    def _update_critic(
+        self, obs: th.Tensor, next_obs: th.Tensor, replay_data: ReplayBufferSamples, std: float, lambda_: float
+    ) -> dict[str, float]:
+        # y = R^(n) + gamma^n [lambda V(s') + (1 - lambda) min(Q1', Q2')(s', a')], a' ~ pi(s') with noise clipped.
+        with th.no_grad():
+            next_actions = sample_action(self.actor(next_obs), std, clip=self.stddev_clip)
+            target_q1, target_q2 = self.critic_target(next_obs, next_actions)
+            target_v = lambda_ * self.value_net(next_obs) + (1.0 - lambda_) * th.min(target_q1, target_q2)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+            target_q = replay_data.rewards + (1.0 - replay_data.dones) * discounts * target_v
+        q1, q2 = self.critic(obs, replay_data.actions)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        encoder_optimizer = self.policy.encoder_optimizer
+        if encoder_optimizer is not None:
+            encoder_optimizer.zero_grad(set_to_none=True)
+        self.critic.optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic.optimizer.step()
+        if encoder_optimizer is not None:
+            encoder_optimizer.step()
+        return dict(
+            critic_loss=critic_loss.item(),
+            critic_q1=q1.mean().item(),
+            critic_q2=q2.mean().item(),
+            critic_target_q=target_q.mean().item(),
+        )
+
+    def _update_actor(self, obs: th.Tensor, std: float) -> dict[str, float]:
+        actions = sample_action(self.actor(obs), std, clip=self.stddev_clip)
+        q1, q2 = self.critic(obs, actions)
+        actor_loss = -th.min(q1, q2).mean()
+        self.actor.optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor.optimizer.step()
+        return dict(actor_loss=actor_loss.item())
+
+    # --- SB3 plumbing --------------------------------------------------------------------------------------------
+
+    def learn(
+        self: SelfDrM,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "DrM",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfDrM:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "value_net"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "value_net.optimizer"]
+        if self.policy.encoder_optimizer is not None:
+            state_dicts.append("policy.encoder_optimizer")
+        return state_dicts, []

@@ -1,0 +1,239 @@
+"""DrM networks, layer for layer as in the reference (``XuGW-Kevin/DrM`` ``agents/drm.py`` / ``agents/drm_mw.py``).
+
+The encoders are SB3 ``BaseFeaturesExtractor`` subclasses so that a policy can swap them:
+
+- :class:`DrQEncoder`: the DrQ-v2 pixel encoder, its output size computed from the input resolution (the reference
+  hard-codes ``32 * 35 * 35``, i.e. 84x84 inputs only);
+- :class:`PiegExtractor`: the PIE-G head (``gemcollector/PIE-G`` ``pieg.py`` ``ResEncoder``) on top of frozen spatial
+  ResNet18 features: current frames and temporal differences, ``Linear(., 1024)`` and ``LayerNorm(1024)``;
+- SB3's ``FlattenExtractor`` for flat features (no trainable encoder).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch as th
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+VARIANTS = ("drm", "drm_mw")
+
+
+def weight_init(module: nn.Module) -> None:
+    """
+    DrQ-v2 / DrM ``utils.weight_init``: orthogonal weights (gain sqrt(2) for convolutions), zero biases.
+    LayerNorm keeps PyTorch's defaults.
+
+    :param module: applied through ``net.apply(weight_init)``
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight.data)
+        if module.bias is not None:
+            module.bias.data.fill_(0.0)
+    elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.orthogonal_(module.weight.data, nn.init.calculate_gain("relu"))
+        if module.bias is not None:
+            module.bias.data.fill_(0.0)
+
+
+class RandomShiftsAug(nn.Module):
+    """
+    DrQ-v2 random shift: replicate-pad by ``pad`` and shift every sample by an integer in ``[0, 2 * pad]`` on each
+    axis with bilinear ``grid_sample`` (one shift per sample, shared by its stacked frames).
+
+    The reference asserts square images; here height and width get their own grids, which is the same computation
+    when they are equal.
+
+    :param pad: padding (and maximum shift) in pixels
+    """
+
+    def __init__(self, pad: int = 4):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        n, _, h, w = x.shape
+        x = F.pad(x, (self.pad,) * 4, "replicate")
+
+        def axis(size: int) -> th.Tensor:
+            eps = 1.0 / (size + 2 * self.pad)
+            return th.linspace(-1.0 + eps, 1.0 - eps, size + 2 * self.pad, device=x.device, dtype=x.dtype)[:size]
+
+        grid_x = axis(w).unsqueeze(0).expand(h, w)
+        grid_y = axis(h).unsqueeze(1).expand(h, w)
+        base_grid = th.stack([grid_x, grid_y], dim=2).unsqueeze(0).expand(n, h, w, 2)
+        shift = th.randint(0, 2 * self.pad + 1, size=(n, 1, 1, 2), device=x.device, dtype=x.dtype)
+        shift = shift * th.tensor([2.0 / (w + 2 * self.pad), 2.0 / (h + 2 * self.pad)], device=x.device, dtype=x.dtype)
+        return F.grid_sample(x, base_grid + shift, padding_mode="zeros", align_corners=False)
+
+
+def drq_encoder_output_side(size: int) -> int:
+    """Side of the DrQ-v2 encoder's output map: one stride-2 3x3 conv, then three stride-1 3x3 convs, no padding."""
+    return (size - 3) // 2 + 1 - 6
+
+
+class DrQEncoder(BaseFeaturesExtractor):
+    """
+    DrQ-v2 encoder: ``Conv(C,32,3,s2) ReLU [Conv(32,32,3,s1) ReLU] x3``, flattened; ``repr_dim = 32 * s_h * s_w``.
+
+    SB3 hands it images already divided by 255, so it only subtracts 0.5 (the reference computes ``obs / 255 - 0.5``).
+
+    :param observation_space: channel-first image space ``(3 * frame_stack, H, W)``
+    """
+
+    def __init__(self, observation_space: spaces.Box):
+        if len(observation_space.shape) != 3:
+            raise ValueError(
+                f"DrQEncoder needs channel-first images (C, H, W), got observation shape {observation_space.shape}; "
+                "use MlpPolicy for flat features or PiegPolicy for spatial (k, C, h, w) features"
+            )
+        channels, height, width = observation_space.shape
+        side_h, side_w = drq_encoder_output_side(height), drq_encoder_output_side(width)
+        if side_h < 1 or side_w < 1:
+            raise ValueError(f"Images of {height}x{width} are too small for the DrQ-v2 encoder (need at least 10x10)")
+        super().__init__(observation_space, features_dim=32 * side_h * side_w)
+        self.convnet = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1),
+            nn.ReLU(),
+        )
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        h = self.convnet(observations - 0.5)
+        return h.reshape(h.shape[0], -1)
+
+
+class PiegExtractor(BaseFeaturesExtractor):
+    """
+    PIE-G head on stacked frozen spatial features ``(k, C, h, w)`` (e.g. ResNet18 ``layer2`` maps, C = 128).
+
+    As ``ResEncoder.forward_conv`` + ``forward``: ``current = f[:, 1:]``, ``diff = current - f[:, :-1]``,
+    ``concat([current, diff], dim=1)`` flattened (``2 (k-1) C h w`` values), then ``Linear(., 1024)`` and
+    ``LayerNorm(1024)`` (no activation). This head is the only trainable part and, like the DrQ-v2 encoder in DrM, it
+    is trained by the critic loss only.
+
+    :param observation_space: ``Box`` of shape ``(k, C, h, w)`` with ``k >= 2`` stacked frames
+    :param pieg_dim: output size of the fully connected layer (1024 in PIE-G)
+    """
+
+    def __init__(self, observation_space: spaces.Box, pieg_dim: int = 1024):
+        shape = observation_space.shape
+        if len(shape) != 4 or shape[0] < 2:
+            raise ValueError(
+                f"PiegPolicy needs stacked spatial features of shape (k>=2, C, h, w), got {shape}: PIE-G uses frame "
+                "differences, so stack at least 2 frames (frame_stack=3 as in PIE-G) before PVRObservation"
+            )
+        super().__init__(observation_space, features_dim=pieg_dim)
+        self.input_dim = 2 * (shape[0] - 1) * math.prod(shape[1:])
+        self.fc = nn.Linear(self.input_dim, pieg_dim)
+        self.ln = nn.LayerNorm(pieg_dim)
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        current = observations[:, 1:]
+        difference = current - observations[:, :-1]
+        stacked = th.cat([current, difference], dim=1).reshape(observations.shape[0], -1)
+        return self.ln(self.fc(stacked))
+
+
+def _trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    # In-place ReLUs as in the reference: they also make the dormant-ratio hooks see post-ReLU values (dormant.py).
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def _q_head(in_dim: int, hidden_dim: int, variant: str) -> nn.Sequential:
+    if variant == "drm":
+        return _mlp(in_dim, hidden_dim, 1)
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.Dropout(0.01),
+        nn.LayerNorm(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.Dropout(0.01),
+        nn.LayerNorm(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, 1),
+    )
+
+
+class Actor(nn.Module):
+    """
+    ``trunk = Linear(repr, F) LayerNorm Tanh``; ``policy = Linear(F, H) ReLU Linear(H, H) ReLU Linear(H, A)``;
+    returns the mean ``tanh(policy(trunk(x)))``. The exploration std is external (scheduled), see :func:`sample_action`.
+    """
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = _trunk(repr_dim, feature_dim)
+        self.policy = _mlp(feature_dim, hidden_dim, action_dim)
+
+    def forward(self, features: th.Tensor) -> th.Tensor:
+        return th.tanh(self.policy(self.trunk(features)))
+
+
+class Critic(nn.Module):
+    """
+    Clipped double Q on one shared trunk: ``h = trunk(x)``, ``Q_i = head_i([h, a])``.
+    ``variant="drm"``: plain MLP heads; ``variant="drm_mw"``: ``Linear Dropout(0.01) LayerNorm ReLU`` blocks.
+    """
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int, variant: str = "drm"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {VARIANTS}")
+        self.trunk = _trunk(repr_dim, feature_dim)
+        self.Q1 = _q_head(feature_dim + action_dim, hidden_dim, variant)
+        self.Q2 = _q_head(feature_dim + action_dim, hidden_dim, variant)
+
+    def forward(self, features: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        h_action = th.cat([self.trunk(features), actions], dim=-1)
+        return self.Q1(h_action), self.Q2(h_action)
+
+
+class ValueNetwork(nn.Module):
+    """DrM's exploitation value net (``VNetwork``): its own trunk, then ``Linear ReLU Linear ReLU Linear(H, 1)``."""
+
+    def __init__(self, repr_dim: int, feature_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = _trunk(repr_dim, feature_dim)
+        self.V = _mlp(feature_dim, hidden_dim, 1)
+
+    def forward(self, features: th.Tensor) -> th.Tensor:
+        return self.V(self.trunk(features))
+
+
+def sample_action(mean: th.Tensor, std: float, clip: float | None = None, eps: float = 1e-6) -> th.Tensor:
+    """
+    ``utils.TruncatedNormal.sample``: ``mean + clamp(std * N(0, 1), -clip, clip)`` clamped to ``[-1 + eps, 1 - eps]``
+    with a straight-through gradient (the clamp passes gradients as the identity).
+
+    :param mean: action means in [-1, 1]
+    :param std: exploration standard deviation
+    :param clip: noise clip (``stddev_clip``), or None for unclipped noise (acting)
+    :param eps: margin kept from the bounds
+    :return: sampled actions
+    """
+    noise = th.randn_like(mean) * std
+    if clip is not None:
+        noise = th.clamp(noise, -clip, clip)
+    action = mean + noise
+    clamped = th.clamp(action, -1.0 + eps, 1.0 - eps)
+    return action - action.detach() + clamped.detach()
