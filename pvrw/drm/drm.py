@@ -14,13 +14,14 @@ import numpy as np
 import torch as th
 import torch.nn.functional as F
 from gymnasium import spaces
-from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 
+from pvrw.drm.buffers import DrMReplayBuffer
 from pvrw.drm.dormant import dormant_lambda, dormant_ratio, dormant_stddev, perturb, perturb_factor
 from pvrw.drm.networks import VARIANTS, Actor, Critic, ValueNetwork, sample_action
 from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, PiegPolicy
@@ -69,7 +70,9 @@ class DrM(OffPolicyAlgorithm):
     :param train_freq: update every ``train_freq`` steps (``update_every_steps``)
     :param gradient_steps: gradient steps per update
     :param action_noise: extra SB3 action noise (not in DrM; keep None)
-    :param replay_buffer_class: replay buffer class; None: SB3's ``NStepReplayBuffer`` with ``n_steps``/``gamma``
+    :param replay_buffer_class: replay buffer class; None: :class:`~pvrw.drm.buffers.DrMReplayBuffer` (each frame
+        stored once, reference n-step windows) with ``n_steps`` and ``gamma``. SB3's ``NStepReplayBuffer`` takes the
+        same ``replay_buffer_kwargs=dict(n_steps=..., gamma=...)``
     :param replay_buffer_kwargs: keyword arguments for the replay buffer
     :param optimize_memory_usage: SB3's memory-efficient buffer option
     :param n_steps: n-step return length; None: variant default (3 / 10)
@@ -208,7 +211,7 @@ class DrM(OffPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         if self.replay_buffer_class is None and not isinstance(self.observation_space, spaces.Dict):
-            self.replay_buffer_class = NStepReplayBuffer
+            self.replay_buffer_class = DrMReplayBuffer
             self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
         with warnings.catch_warnings():
             if "n_steps" in self.replay_buffer_kwargs:  # configured above or by the user: SB3's warning is spurious
