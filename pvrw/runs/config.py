@@ -1,0 +1,278 @@
+"""The run configuration: one flat, validated, YAML-serialisable description of a training run.
+
+The model is the RL Zoo's: a few run-level keys (task, observation variant, budget, evaluation schedule) plus
+``algo_kwargs`` passed verbatim to the algorithm's constructor and ``env_kwargs`` passed to the env factory.
+Every key is validated, and an unknown key is reported by name with the keys that would have been accepted.
+Budgets are counted in environment *frames* (agent steps x action repeat), as DrM and DrQ-v2 count them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: algorithm name -> "module:Class"
+ALGOS: dict[str, str] = {
+    "drm": "pvrw.drm:DrM",
+    "sac": "stable_baselines3:SAC",
+    "td3": "stable_baselines3:TD3",
+}
+
+#: the study's observation variants; "none" means the agent learns from pixels
+PVRS: tuple[str, ...] = ("none", "resnet18", "dinov2", "dinov2_reg", "vc1")
+
+METAWORLD_PREFIX = "metaworld/"
+
+
+class ConfigError(ValueError):
+    """A run configuration is invalid; the message names the offending key and what would be accepted."""
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to (re)create a training run. Defaults are the study's settings."""
+
+    algo: str = "drm"
+    """algorithm: drm (pvrw.drm.DrM), sac or td3 (Stable-Baselines3)"""
+    env: str = "metaworld/push-v3"
+    """task: metaworld/<task-v3> (pixel env from pvrw.make_env) or any Gymnasium id (gymnasium.make)"""
+    pvr: str = "none"
+    """observation: none (pixels) or a frozen backbone name (resnet18, dinov2, dinov2_reg, vc1, ...)"""
+    resolution: int = 112
+    """rendered image side in pixels (Meta-World envs)"""
+    seed: int = 0
+    """random seed of the agent and the environment"""
+    frames: int = 1_000_000
+    """training budget in environment frames (= agent steps x action_repeat)"""
+    frame_stack: int = 3
+    """number of stacked frames in an observation (Meta-World envs)"""
+    action_repeat: int = 2
+    """simulator steps per agent step (Meta-World envs; Gymnasium envs use 1)"""
+    weights: str | None = None
+    """backbone weights: a file path, 'random' (smoke tests only), or null to resolve the pretrained weights"""
+    device: str = "auto"
+    """torch device for the agent and the backbone: auto, cpu, cuda, cuda:1, ..."""
+    policy: str | None = None
+    """policy class name; null picks it from the observation (CnnPolicy / PiegPolicy / MlpPolicy)"""
+    eval_every: int = 10_000
+    """evaluate every this many frames (0 = only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    checkpoint_every: int = 100_000
+    """save model + replay buffer every this many frames (0 = only at the end)"""
+    save_replay_buffer: bool = True
+    """save the replay buffer with each checkpoint (needed for a faithful --resume)"""
+    video: bool = True
+    """record the first episode of every evaluation to videos/"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """extra keyword arguments of the env factory (pvrw.make_env or gymnasium.make)"""
+    pvr_kwargs: dict[str, Any] = field(default_factory=dict)
+    """extra keyword arguments of pvrw.PVRObservation (e.g. cache: path to a feature cache)"""
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments of the algorithm's constructor (DrM / SAC / TD3 hyper-parameters)"""
+
+    # -- derived values -------------------------------------------------------------------------------------
+    @property
+    def is_metaworld(self) -> bool:
+        return self.env.startswith(METAWORLD_PREFIX)
+
+    @property
+    def frames_per_step(self) -> int:
+        """Environment frames per agent step: the action repeat for Meta-World, 1 for Gymnasium envs."""
+        return self.action_repeat if self.is_metaworld else 1
+
+    @property
+    def total_timesteps(self) -> int:
+        """The budget in agent steps (what SB3's ``learn`` counts)."""
+        return -(-self.frames // self.frames_per_step)
+
+    @property
+    def variant(self) -> str:
+        """The name a plot legend gives this run's variant (everything but the seed)."""
+        return f"{self.algo}/{self.pvr}@{self.resolution}"
+
+    def group_key(self) -> str:
+        """Runs whose configs differ only by seed share this key (for averaging over seeds)."""
+        d = self.to_dict()
+        d.pop("seed")
+        for k in ("device", "video", "checkpoint_every", "save_replay_buffer"):
+            d.pop(k)
+        return yaml.safe_dump(d, sort_keys=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # -- validation -----------------------------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Check every value; raise :class:`ConfigError` naming the first bad key. Returns ``self``."""
+        if self.algo not in ALGOS:
+            raise ConfigError(f"algo: unknown algorithm {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if not isinstance(self.env, str) or not self.env:
+            raise ConfigError("env: must be a task id such as metaworld/push-v3 or Pendulum-v1")
+        for key in ("resolution", "frames", "frame_stack", "action_repeat", "eval_episodes"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+        for key in ("seed", "eval_every", "checkpoint_every"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{key}: must be a non-negative integer, got {value!r}")
+        for key in ("env_kwargs", "pvr_kwargs", "algo_kwargs"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"{key}: must be a mapping of keyword arguments, got {getattr(self, key)!r}")
+        if not isinstance(self.pvr, str) or not self.pvr:
+            raise ConfigError(f"pvr: must be 'none' or a backbone name such as {', '.join(PVRS[1:])}")
+        if self.pvr == "none" and self.pvr_kwargs:
+            raise ConfigError("pvr_kwargs: given but pvr is 'none' (pixels); set pvr to a backbone or drop pvr_kwargs")
+        bad = sorted(set(self.algo_kwargs) - algo_parameters(self.algo))
+        if bad:
+            raise ConfigError(
+                f"algo_kwargs.{bad[0]}: not an argument of {ALGOS[self.algo].split(':')[1]}; "
+                f"valid keys: {', '.join(sorted(algo_parameters(self.algo)))}"
+            )
+        return self
+
+
+# keys of the algorithm constructor that the run itself decides
+_RUN_OWNED_ARGS = {"self", "policy", "env", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model"}
+
+
+def load_algo_class(algo: str) -> type:
+    """Import the algorithm class behind an ``--algo`` name."""
+    if algo not in ALGOS:
+        raise ConfigError(f"algo: unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
+    module_name, attr = ALGOS[algo].split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def algo_parameters(algo: str) -> set[str]:
+    """The constructor keywords a config may set for ``algo`` (its signature minus what the run decides)."""
+    params = inspect.signature(load_algo_class(algo).__init__).parameters
+    return {
+        name
+        for name, p in params.items()
+        if name not in _RUN_OWNED_ARGS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+
+
+TOP_LEVEL_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+#: named bundles of overrides. "study" is the defaults; "smoke" is a CPU-minutes run that proves the pipeline
+#: works end to end (tiny networks and budget: it does NOT learn the task).
+PRESETS: dict[str, dict[str, Any]] = {
+    "study": {},
+    "smoke": {
+        "resolution": 64,
+        "frames": 3_000,
+        "eval_every": 1_500,
+        "eval_episodes": 1,
+        "checkpoint_every": 1_500,
+        "env_kwargs": {"max_episode_steps": 100},
+        "algo_kwargs": {"buffer_size": 10_000, "batch_size": 32, "learning_starts": 250},
+    },
+}
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one ``KEY=VALUE`` override; VALUE is read as YAML (``1e-4``, ``true``, ``[1, 2]``, ``'linear(1,0.1,5e5)'``)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set batch_size=128")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot read value {raw!r} ({err.__class__.__name__})") from None
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], algo: str) -> dict[str, Any]:
+    """Merge ``overrides`` into the config dict ``data``.
+
+    A key is a run-level key (``frames``), a dotted key into a mapping (``env_kwargs.camera``), or a bare
+    constructor argument of the algorithm (``batch_size``), which goes into ``algo_kwargs``.
+    """
+    data = {**data, **{k: dict(data.get(k) or {}) for k in ("env_kwargs", "pvr_kwargs", "algo_kwargs")}}
+    for key, value in overrides.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            if head not in ("env_kwargs", "pvr_kwargs", "algo_kwargs"):
+                raise ConfigError(f"{key}: dotted keys only go into env_kwargs, pvr_kwargs or algo_kwargs")
+            data[head][tail] = value
+        elif key in TOP_LEVEL_KEYS:
+            if key.endswith("_kwargs"):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+                data[key].update(value)
+            else:
+                data[key] = value
+        elif key in algo_parameters(algo):
+            data["algo_kwargs"][key] = value
+        else:
+            raise ConfigError(
+                f"{key}: unknown config key; use a run key ({', '.join(TOP_LEVEL_KEYS)}) "
+                f"or an argument of {ALGOS[algo].split(':')[1]} ({', '.join(sorted(algo_parameters(algo)))})"
+            )
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def build_config(
+    *layers: dict[str, Any] | None,
+    preset: str | None = None,
+) -> RunConfig:
+    """Resolve a :class:`RunConfig` from defaults, an optional preset, then each layer in order (later wins).
+
+    Each layer is a dict of overrides in :func:`apply_overrides` form (YAML file contents, command-line options).
+    """
+    data = RunConfig().to_dict()
+    all_layers: list[dict[str, Any]] = []
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        all_layers.append(PRESETS[preset])
+    all_layers.extend(layer for layer in layers if layer)
+    for layer in all_layers:
+        algo = layer.get("algo", data["algo"])
+        if algo not in ALGOS:
+            raise ConfigError(f"algo: unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
+        data = apply_overrides(data, layer, algo)
+    return RunConfig(**data).validate()
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from pvrw.runs.layout import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a resolved config written by :func:`save_config` (unknown keys are errors)."""
+    data = read_yaml(path)
+    bad = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if bad:
+        raise ConfigError(f"{path}: unknown key {bad[0]!r}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    merged = {**RunConfig().to_dict(), **data}
+    return RunConfig(**merged).validate()

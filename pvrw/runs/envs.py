@@ -1,0 +1,133 @@
+"""Environments and policies of a run, built from its :class:`~pvrw.runs.config.RunConfig`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from pvrw.runs.config import ConfigError, RunConfig
+from pvrw.runs.evaluation import FrameRecorder
+
+#: seed offset of evaluation envs, so that evaluation goals are not the training goals' sequence
+EVAL_SEED_OFFSET = 10_000
+
+# keyword names make_env may use for its deterministic (fixed goals) evaluation mode, first found wins
+_FIXED_GOAL_KWARGS = ("fixed_goals", "eval_mode", "deterministic_tasks", "evaluation")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:
+    from pvrw.pvr_wrappers import make_env
+
+    params = inspect.signature(make_env).parameters
+    kwargs: dict[str, Any] = {
+        "resolution": config.resolution,
+        "frame_stack": config.frame_stack,
+        "action_repeat": config.action_repeat,
+        "seed": seed,
+    }
+    if evaluation:
+        for name in _FIXED_GOAL_KWARGS:
+            if name in params:
+                kwargs[name] = True
+                break
+    kwargs.update(config.env_kwargs)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    bad = sorted(k for k in config.env_kwargs if k not in params and not accepts_any)
+    if bad:
+        raise ConfigError(f"env_kwargs.{bad[0]}: not an argument of make_env; valid: {', '.join(params)}")
+    return make_env(config.env, **kwargs)
+
+
+def _gymnasium_env(config: RunConfig, seed: int, needs_frames: bool) -> gym.Env:
+    kwargs = dict(config.env_kwargs)
+    if needs_frames:
+        kwargs.setdefault("render_mode", "rgb_array")
+    try:
+        env = gym.make(config.env, **kwargs)
+    except gym.error.Error as err:
+        raise ConfigError(f"env: cannot make {config.env!r}: {err}") from None
+    except TypeError as err:
+        raise ConfigError(f"env_kwargs: {err}") from None
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+def make_run_env(
+    config: RunConfig,
+    *,
+    evaluation: bool = False,
+    record_frames: bool = False,
+    backbone: Any = None,
+) -> gym.Env:
+    """The (single) env of a run: pixels from make_env / gymnasium.make, then PVR features if ``config.pvr``.
+
+    :param evaluation: build the evaluation env: another seed, and make_env's fixed-goal mode when it has one.
+    :param record_frames: put a :class:`FrameRecorder` under the feature wrapper (for videos).
+    :param backbone: a backbone already built by :func:`make_backbone`, shared by the train and eval envs.
+    """
+    seed = config.seed + (EVAL_SEED_OFFSET if evaluation else 0)
+    uses_pvr = config.pvr != "none"
+    if config.is_metaworld:
+        env = _metaworld_env(config, seed, evaluation)
+    else:
+        env = _gymnasium_env(config, seed, needs_frames=uses_pvr or record_frames)
+    if record_frames:
+        env = FrameRecorder(env)
+    if uses_pvr:
+        from pvrw.pvr_wrappers import PVRObservation
+
+        env = PVRObservation(
+            env,
+            backbone if backbone is not None else config.pvr,
+            **({} if backbone is not None else {"weights": config.weights, "resolution": config.resolution}),
+            device=resolve_device(config.device),
+            **config.pvr_kwargs,
+        )
+    return env
+
+
+def make_backbone(config: RunConfig) -> Any:
+    """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
+    if config.pvr == "none":
+        return None
+    from pvrw.pvr_wrappers import create_backbone, list_backbones
+
+    known = list(list_backbones())
+    if config.pvr not in known:
+        raise ConfigError(f"pvr: unknown backbone {config.pvr!r}; choose 'none' or one of {', '.join(known)}")
+    return create_backbone(
+        config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
+    )
+
+
+def _is_pixel_space(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def default_policy(config: RunConfig, observation_space: gym.Space) -> str:
+    """The policy a run uses unless ``config.policy`` names one.
+
+    DrM: ``CnnPolicy`` on pixels, ``PiegPolicy`` on spatial features (ResNet18 PIE-G maps), ``MlpPolicy`` on flat
+    features (CLS tokens). SAC/TD3: ``CnnPolicy`` on pixels, ``MlpPolicy`` on anything else (features flattened).
+    """
+    if config.policy:
+        return config.policy
+    if _is_pixel_space(observation_space):
+        return "CnnPolicy"
+    spatial = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) >= 4
+    if config.algo == "drm" and spatial:
+        return "PiegPolicy"
+    return "MlpPolicy"

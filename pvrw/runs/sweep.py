@@ -1,0 +1,140 @@
+"""The study's grid as a list of independent runs, and the local backend that runs them as a queue.
+
+A sweep is nothing but run directories under a root: ``ROOT/<task>/<algo>_<pvr>_<resolution>/seed_<n>``. Each one
+is an ordinary run (``pvrw plot``/``pvrw eval`` work on it) whose ``status.json`` says whether it is finished, so any
+backend can skip finished runs and call :func:`~pvrw.runs.training.run_training` on the others, which resumes
+them. ``ROOT/sweep.json`` lists every run with its status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvrw.runs.config import METAWORLD_PREFIX, RunConfig, build_config
+from pvrw.runs.layout import RunDir, RunStatus, atomic_write_json
+
+#: the study's observation variants, what ``--pvr all`` expands to
+STUDY_PVRS: tuple[str, ...] = ("none", "resnet18", "dinov2", "dinov2_reg", "vc1")
+
+
+@dataclass
+class SweepRun:
+    """One cell of the grid: where it runs and what it trains."""
+
+    run_dir: Path
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return str(self.run_dir)
+
+
+def task_env_id(task: str) -> str:
+    """``push-v3`` -> ``metaworld/push-v3``; ids with a namespace or other Gymnasium ids pass unchanged."""
+    if "/" in task or not task.endswith("-v3"):
+        return task
+    return METAWORLD_PREFIX + task
+
+
+def run_dir_name(config: RunConfig) -> Path:
+    """The grid cell's directory, relative to the sweep root."""
+    task = config.env.removeprefix(METAWORLD_PREFIX).replace("/", "_")
+    return Path(task) / f"{config.algo}_{config.pvr}_{config.resolution}" / f"seed_{config.seed}"
+
+
+def expand_grid(
+    root: str | os.PathLike,
+    tasks: Iterable[str],
+    pvrs: Iterable[str],
+    resolutions: Iterable[int],
+    seeds: Iterable[int],
+    algo: str = "drm",
+    base: dict[str, Any] | None = None,
+    preset: str | None = None,
+) -> list[SweepRun]:
+    """Every (task, pvr, resolution, seed) run of the grid, each with its resolved config.
+
+    :param base: overrides applied to every run (frames, hyper-parameters, ...), as in a ``--config`` file.
+    """
+    runs = []
+    for task, pvr, resolution, seed in itertools.product(tasks, pvrs, resolutions, seeds):
+        cell = {"algo": algo, "env": task_env_id(task), "pvr": pvr, "resolution": int(resolution), "seed": int(seed)}
+        config = build_config(base or {}, cell, preset=preset)
+        runs.append(SweepRun(Path(root) / run_dir_name(config), config))
+    return runs
+
+
+def write_index(root: str | os.PathLike, runs: list[SweepRun]) -> Path:
+    """Write ``ROOT/sweep.json``: every run's directory (relative to the root), variant and status."""
+    root = Path(root)
+    entries = []
+    for run in runs:
+        status = RunStatus.read(RunDir(run.run_dir))
+        entries.append(
+            {
+                "run_dir": os.path.relpath(run.run_dir, root),
+                "env": run.config.env,
+                "variant": run.config.variant,
+                "seed": run.config.seed,
+                "state": status.state,
+                "frames": status.frames,
+                "total_frames": run.config.frames,
+                "error": status.error,
+            }
+        )
+    path = root / "sweep.json"
+    atomic_write_json(path, {"runs": entries})
+    return path
+
+
+def run_local(
+    runs: list[SweepRun],
+    root: str | os.PathLike,
+    progress: bool = True,
+    stop_on_error: bool = False,
+    on_run: Callable[[SweepRun, str], None] | None = None,
+) -> dict[str, int]:
+    """Run the grid one run after another in this process, skipping finished runs and resuming the others.
+
+    :param on_run: called as ``on_run(run, event)`` with event ``skip``, ``start``, ``done`` or ``fail``.
+    :return: how many runs were ``skipped`` (already finished), ``finished`` now, and ``failed``.
+    """
+    from pvrw.runs.training import run_training
+
+    def notify(run: SweepRun, event: str) -> None:
+        if on_run is not None:
+            on_run(run, event)
+
+    counts = {"skipped": 0, "finished": 0, "failed": 0}
+    write_index(root, runs)
+    for run in runs:
+        status = RunStatus.read(RunDir(run.run_dir))
+        if status.finished and status.frames >= run.config.frames:
+            counts["skipped"] += 1
+            notify(run, "skip")
+            continue
+        notify(run, "start")
+        try:
+            run_training(run.config, run.run_dir, progress=progress)
+        except KeyboardInterrupt:
+            write_index(root, runs)
+            raise
+        except Exception as err:
+            counts["failed"] += 1
+            notify(run, "fail")
+            print(f"run {run.run_dir} failed: {err}", file=sys.stderr)
+            if stop_on_error:
+                write_index(root, runs)
+                raise
+        else:
+            counts["finished"] += 1
+            notify(run, "done")
+        write_index(root, runs)
+    return counts
+

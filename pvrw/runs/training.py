@@ -1,0 +1,149 @@
+"""``run_training(config, run_dir) -> RunStatus``: train one run to its budget, resuming whatever is there.
+
+This is the one entry point every backend calls (``pvrw train``, the local sweep queue, a Ray trial): it is
+idempotent. A finished run returns at once; an unfinished one (stopped, killed, failed) continues from its
+last checkpoint, with ``metrics.csv`` cut back to that checkpoint, so nothing is lost but the steps after it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pvrw.runs.config import ConfigError, RunConfig, load_algo_class, load_config, save_config
+from pvrw.runs.layout import FAILED, FINISHED, RUNNING, RunDir, RunStatus
+
+#: config keys that define what is trained; a run directory refuses a config that changes one of them
+IDENTITY_KEYS: tuple[str, ...] = (
+    "algo", "env", "pvr", "resolution", "seed", "frame_stack", "action_repeat",
+    "weights", "policy", "env_kwargs", "pvr_kwargs", "algo_kwargs",
+)  # fmt: skip
+
+
+def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
+    """Refuse to continue a run directory with a config that trains something else."""
+    for key in IDENTITY_KEYS:
+        if getattr(old, key) != getattr(new, key):
+            raise ConfigError(
+                f"{where} holds a run with {key}={getattr(old, key)!r}, not {getattr(new, key)!r}; "
+                "use another --out directory, or --resume it without changing that key"
+            )
+
+
+def build_model(config: RunConfig, env: Any) -> Any:
+    """A new algorithm instance for ``config`` on ``env``."""
+    from pvrw.runs.envs import default_policy, resolve_device
+
+    algo_class = load_algo_class(config.algo)
+    policy = default_policy(config, env.observation_space)
+    try:
+        return algo_class(
+            policy, env, seed=config.seed, device=resolve_device(config.device), verbose=0, **config.algo_kwargs
+        )
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"algo_kwargs: {algo_class.__name__}({policy!r}, ...) refused the configuration: {err}") from err
+
+
+def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool = False) -> RunStatus:
+    """Train ``config`` in ``run_dir`` until ``config.frames``; resume from the last checkpoint if there is one.
+
+    :param config: the resolved, validated run configuration.
+    :param run_dir: the run directory (created if missing).
+    :param progress: show a progress bar.
+    :return: the final status (``finished``); on error the status file says ``failed`` and the error is raised.
+    """
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.monitor import Monitor
+
+    from pvrw.runs.callbacks import RunCallback
+    from pvrw.runs.checkpoint import latest_checkpoint, load_checkpoint
+    from pvrw.runs.envs import make_backbone, make_run_env, resolve_device
+    from pvrw.runs.metrics import MetricsWriter, truncate_metrics
+
+    config.validate()
+    rd = RunDir(run_dir)
+    if rd.config.is_file():
+        check_compatible(load_config(rd.config), config, rd.root)
+    rd.root.mkdir(parents=True, exist_ok=True)
+    status = RunStatus.read(rd)
+    if status.finished and status.frames >= config.frames:
+        return status
+    save_config(config, rd.config)
+    status.state, status.total_frames, status.attempts, status.error = RUNNING, config.frames, status.attempts + 1, None
+    status.write(rd)
+
+    env = eval_env = writer = None
+    try:
+        backbone = make_backbone(config)
+        env = Monitor(make_run_env(config, backbone=backbone))
+        eval_env = make_run_env(config, evaluation=True, record_frames=config.video, backbone=backbone)
+        checkpoint = latest_checkpoint(rd)
+        if checkpoint is not None:
+            model, checkpoint = load_checkpoint(
+                load_algo_class(config.algo), rd, env, device=resolve_device(config.device)
+            )
+            model._last_obs = None  # the env is new: SB3 must reset it instead of reusing the saved observation
+            truncate_metrics(rd.metrics, checkpoint.steps)
+            episodes, wall_time = checkpoint.episodes, checkpoint.wall_time
+        else:
+            model = build_model(config, env)
+            rd.metrics.unlink(missing_ok=True)  # rows of an attempt that died before its first checkpoint
+            shutil.rmtree(rd.videos, ignore_errors=True)
+            episodes, wall_time = 0, 0.0
+        model.set_logger(configure(str(rd.tensorboard), ["tensorboard"]))
+        writer = MetricsWriter(rd.metrics)
+        callback = RunCallback(
+            rd,
+            writer,
+            frames_per_step=config.frames_per_step,
+            total_frames=config.frames,
+            status=status,
+            eval_env=eval_env,
+            eval_every=config.eval_every,
+            eval_episodes=config.eval_episodes,
+            video=config.video,
+            checkpoint_every=config.checkpoint_every,
+            save_replay_buffer=config.save_replay_buffer,
+            episodes=episodes,
+            wall_time=wall_time,
+            progress=progress,
+        )
+        remaining = config.total_timesteps - model.num_timesteps
+        if remaining > 0:
+            model.learn(remaining, callback=callback, reset_num_timesteps=checkpoint is None, log_interval=1)
+        else:
+            callback.init_callback(model)
+        callback.run_evaluation()  # the final evaluation, unless one just ran at this frame
+        if callback.last_checkpoint is None or callback.last_checkpoint.steps != model.num_timesteps:
+            callback.checkpoint()
+        writer.close()
+        _final_plot(rd)
+        status.state, status.frames = FINISHED, callback.frames
+        status.write(rd)
+        return status
+    except BaseException as err:
+        status.state = FAILED
+        status.error = "interrupted" if isinstance(err, KeyboardInterrupt) else "".join(
+            traceback.format_exception_only(type(err), err)
+        ).strip()
+        status.write(rd)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        for e in (env, eval_env):
+            if e is not None:
+                e.close()
+
+
+def _final_plot(rd: RunDir) -> None:
+    from pvrw.runs.plotting import plot_runs
+
+    try:
+        plot_runs([rd.root], rd.plot, title=rd.root.name)
+    except Exception as err:  # a figure is a convenience; never fail a finished run over it
+        warnings.warn(f"could not plot {rd.root}: {err}", stacklevel=2)
