@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY_EXPORTS = {
     "make_env": "pvrw.pvr_wrappers",
     "make_vec_env": "pvrw.pvr_wrappers",
+    "scripted_expert": "pvrw.pvr_wrappers",
     "PVRObservation": "pvrw.pvr_wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers",
     "create_backbone": "pvrw.pvr_wrappers",

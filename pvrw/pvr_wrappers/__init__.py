@@ -13,6 +13,7 @@ _LAZY_EXPORTS = {
     # Meta-World / Gymnasium pixel environments (metaworld_env.py)
     "make_env": "pvrw.pvr_wrappers.metaworld_env",
     "make_vec_env": "pvrw.pvr_wrappers.metaworld_env",
+    "scripted_expert": "pvrw.pvr_wrappers.metaworld_env",
     # backbone registry (registry.py)
     "BackboneCfg": "pvrw.pvr_wrappers.registry",
     "register_backbone": "pvrw.pvr_wrappers.registry",

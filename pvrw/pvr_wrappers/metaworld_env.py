@@ -1,0 +1,434 @@
+"""Pixel environments: Meta-World 3 set up as in the DrM study, and any other Gymnasium env rendered to frames.
+
+``make_env("metaworld/push-v3")`` gives DrM's Meta-World setting on Meta-World 3 / MuJoCo 3: camera ``corner4`` (DrM's
+``corner2`` moved to ``(0.75, 0.075, 0.7)``), action repeat 2, 250 agent steps (500 simulator steps) per episode, a
+fresh random object and goal every episode, the reward summed over repeated steps, no termination on success, frames
+stacked on the channel axis with zero padding at reset. What Meta-World 3 gets wrong for pixels is fixed here:
+``reset(seed=...)`` reseeds (Meta-World ignores it), the first frame after reset shows the new goal (Meta-World
+positions it after the last ``mj_forward``), corner-camera images are upright, and several envs in one process each
+render their own scene (see :mod:`pvrw.pvr_wrappers.env_wrappers`). Facts: ``shared/reference/metaworld.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import multiprocessing
+import os
+import re
+import sys
+import warnings
+from typing import Any, Callable
+
+import pvrw._gl
+
+pvrw._gl.configure_gl_backend()
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv  # noqa: E402
+from gymnasium.wrappers import TimeLimit  # noqa: E402
+
+from pvrw.pvr_wrappers.env_wrappers import (  # noqa: E402
+    ActionRepeat,
+    FrameStack,
+    PixelObservation,
+    make_gl_context_current,
+)
+
+DEFAULT_CAMERA = "corner4"
+RENDER_QUALITIES = ("full", "fast")
+ORIENTATIONS = ("upright", "legacy")
+GOAL_MODES = ("random", "fixed")
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 2048
+_METAWORLD_PREFIXES = ("metaworld/", "meta-world/")
+_CORNER_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+
+
+def _metaworld_tasks() -> dict[str, type]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return ALL_V3_ENVIRONMENTS
+
+
+def _check_task_name(task: str) -> str:
+    tasks = _metaworld_tasks()
+    if task in tasks:
+        return task
+    match = re.fullmatch(r"(.+)-v(\d+)", task)
+    if match and f"{match.group(1)}-v3" in tasks:
+        twin = f"{match.group(1)}-v3"
+        raise ValueError(
+            f"Meta-World task {task!r} does not exist: Meta-World 3 has only -v3 tasks. Use 'metaworld/{twin}', its "
+            f"-v3 twin (same task and reward; note that v3 runs on MuJoCo 3, so its numbers are not directly "
+            f"comparable with mujoco-py -v2 results)."
+        )
+    candidates = difflib.get_close_matches(task, list(tasks), n=5, cutoff=0.5)
+    if not candidates and not match:
+        candidates = difflib.get_close_matches(f"{task}-v3", list(tasks), n=5, cutoff=0.5)
+    hint = f" Close names: {', '.join(f'metaworld/{c}' for c in candidates)}." if candidates else ""
+    raise ValueError(
+        f"Unknown Meta-World task {task!r}.{hint} Only -v3 tasks exist ({len(tasks)} of them, the keys of "
+        "metaworld.env_dict.ALL_V3_ENVIRONMENTS)."
+    )
+
+
+def parse_metaworld_id(env_id: str) -> str | None:
+    """Return the Meta-World task name of ``"metaworld/<task>-v3"``, or ``None`` for any other env id.
+
+    :raises ValueError: for an unknown Meta-World task, or a bare task name without the ``metaworld/`` prefix.
+    """
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a string such as 'metaworld/push-v3', got {type(env_id).__name__}.")
+    for prefix in _METAWORLD_PREFIXES:
+        if env_id.lower().startswith(prefix):
+            return _check_task_name(env_id[len(prefix):])
+    if env_id in _metaworld_tasks():
+        raise ValueError(f"{env_id!r} is a Meta-World task: write it as 'metaworld/{env_id}'.")
+    return None
+
+
+def _check_resolution(resolution: Any) -> int:
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise ValueError(f"resolution must be an integer number of pixels (e.g. 112 or 224), got {resolution!r}.")
+    if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
+        raise ValueError(
+            f"resolution {resolution} is not supported: use {MIN_RESOLUTION} to {MAX_RESOLUTION} pixels "
+            "(the study uses 112 and 224)."
+        )
+    return int(resolution)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+    return value
+
+
+def apply_render_quality(model: mujoco.MjModel, render_quality: str) -> None:
+    """Set a model's rendering fields for ``render_quality`` (must run before the first render).
+
+    ``"full"`` keeps MuJoCo's defaults, as the reference rendered. ``"fast"`` turns off the 4096² shadow map (cast
+    shadows of arm and table rim disappear and the table is slightly brighter: mean |Δ| ≈ 7.5/255), multisample
+    anti-aliasing (edges slightly aliased: mean |Δ| ≈ 1/255) and the reflection pass (no visible change with corner4);
+    on a CPU (OSMesa/llvmpipe) that renders about 9x faster. Use the same setting for training and evaluation.
+    """
+    _check_choice("render_quality", render_quality, RENDER_QUALITIES)
+    if render_quality == "fast":
+        model.vis.quality.shadowsize = 0
+        model.vis.quality.offsamples = 0
+        model.mat_reflectance[:] = 0
+
+
+@functools.lru_cache(maxsize=16)
+def benchmark_tasks(task_name: str, benchmark_seed: int = 0) -> tuple[Any, ...]:
+    """The 50 fixed object/goal configurations of Meta-World's MT1 benchmark for ``task_name``."""
+    import metaworld
+
+    return tuple(metaworld.MT1(task_name, seed=benchmark_seed).train_tasks)
+
+
+class MetaWorldTask(gym.Wrapper):
+    """One Meta-World 3 task, one simulator step per ``step``, the 39-d state as observation, rendering set up.
+
+    Use :func:`make_env` rather than this class directly.
+
+    :param task_name: Meta-World task, e.g. ``"push-v3"``.
+    :param resolution: rendered image height and width.
+    :param camera: MuJoCo camera name (``"corner4"`` is DrM's camera).
+    :param orientation: ``"upright"``: the true camera image, rotated by 180 degrees for the corner cameras, which
+        are mounted upside down (upright and not mirrored). ``"legacy"``: the vertically flipped image that
+        mujoco-py, and so DrM / TD-MPC2, produced; for the corner cameras it is upright but mirrored left-right.
+    :param render_quality: ``"full"`` or ``"fast"``, see :func:`apply_render_quality`.
+    :param seed: seed of the object/goal sequence and action-space sampling; ``None`` draws one from the OS.
+    :param goal_mode: ``"random"``: a fresh random object and goal every episode from the env's seed (DrM).
+        ``"fixed"``: cycle deterministically through the 50 fixed configurations of the MT1 benchmark
+        (``benchmark_tasks(task_name, benchmark_seed)``), episode i using configuration ``i % 50``; reset with
+        ``options={"task_index": i}`` to pick one; ``reset(seed=...)`` restarts the cycle.
+    :param benchmark_seed: seed of the 50 MT1 configurations (``goal_mode="fixed"`` only).
+    :param max_sim_steps: simulator steps after which Meta-World truncates; ``None`` for no limit.
+    :param reward_function_version: Meta-World's ``"v2"`` (default) or ``"v1"`` shaped reward.
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        *,
+        resolution: int = 112,
+        camera: str = DEFAULT_CAMERA,
+        orientation: str = "upright",
+        render_quality: str = "full",
+        seed: int | None = None,
+        goal_mode: str = "random",
+        benchmark_seed: int = 0,
+        max_sim_steps: int | None = 500,
+        reward_function_version: str = "v2",
+        **env_kwargs: Any,
+    ):
+        task_name = _check_task_name(task_name)
+        self.orientation = _check_choice("orientation", orientation, ORIENTATIONS)
+        self.goal_mode = _check_choice("goal_mode", goal_mode, GOAL_MODES)
+        raw = _metaworld_tasks()[task_name](
+            render_mode="rgb_array",
+            camera_name=camera,
+            width=resolution,
+            height=resolution,
+            reward_function_version=reward_function_version,
+            **env_kwargs,
+        )
+        if mujoco.mj_name2id(raw.model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+            names = [mujoco.mj_id2name(raw.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(raw.model.ncam)]
+            raw.close()
+            raise ValueError(f"Unknown Meta-World camera {camera!r}; cameras: {names} (DrM's is 'corner4').")
+        super().__init__(raw)
+        self.task_name = task_name
+        self.camera = camera
+        self.benchmark_seed = benchmark_seed
+        apply_render_quality(raw.model, render_quality)
+        raw.max_path_length = sys.maxsize if max_sim_steps is None else int(max_sim_steps)
+        self._next_task_index = 0
+        self.state_observation: np.ndarray | None = None
+        if goal_mode == "random":
+            self._set_random_goals(raw, task_name)
+        self.reseed(seed)
+
+    @staticmethod
+    def _set_random_goals(raw: Any, task_name: str) -> None:
+        # As metaworld._make_tasks does, plus seeded_rand_vec so that goals come from the env's own np_random.
+        from metaworld.env_dict import ML1_ARGS_KWARGS
+
+        kwargs = {k: v for k, v in ML1_ARGS_KWARGS[task_name]["kwargs"].items() if k != "task_id"}
+        raw._set_task_inner(**kwargs)
+        raw._set_task_called = True
+        raw._freeze_rand_vec = False
+        raw.seeded_rand_vec = True
+        if raw._partially_observable:  # MT1 tasks are goal-observable; the scripted expert reads the goal
+            raw._partially_observable = False
+            raw.__dict__.pop("sawyer_observation_space", None)
+
+    def reseed(self, seed: int | None) -> None:
+        """Seed the object/goal sequence (``goal_mode="random"``) and the action space; restart the fixed cycle."""
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self.seed_in_use = int(seed)
+        self.env.unwrapped.seed(self.seed_in_use)
+        self._next_task_index = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        raw = self.env.unwrapped
+        if seed is not None:
+            self.reseed(seed)
+        info: dict[str, Any] = {}
+        if self.goal_mode == "fixed":
+            tasks = benchmark_tasks(self.task_name, self.benchmark_seed)
+            index = (options or {}).get("task_index", self._next_task_index)
+            raw.set_task(tasks[index % len(tasks)])
+            self._next_task_index = index % len(tasks) + 1
+            info["task_index"] = index % len(tasks)
+        raw.reset()
+        # Meta-World positions the goal site (and e.g. the drawer) after its last mj_forward: without this the first
+        # frame and state show the previous episode's goal.
+        mujoco.mj_forward(raw.model, raw.data)
+        raw._prev_obs = raw._get_curr_obs_combined_no_goal()
+        self.state_observation = raw._get_obs()
+        return self.state_observation.copy(), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        self.state_observation = obs
+        return obs, reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        make_gl_context_current(self.env)
+        frame = self.env.render()
+        if self.orientation == "legacy":
+            frame = frame[::-1]
+        elif self.camera in _CORNER_CAMERAS:
+            frame = frame[::-1, ::-1]
+        return np.ascontiguousarray(frame)
+
+
+def _make_gym_env(env_id: str, resolution: int, camera: str | None, render_quality: str, seed: int | None,
+                  env_kwargs: dict[str, Any]) -> gym.Env:
+    kwargs = dict(env_kwargs, render_mode="rgb_array")
+    if camera is not None:
+        kwargs["camera_name"] = camera
+    try:
+        try:  # MuJoCo envs render at the requested size directly
+            env = gym.make(env_id, width=resolution, height=resolution, **kwargs)
+        except TypeError:
+            env = gym.make(env_id, **kwargs)
+    except gym.error.Error as exc:
+        raise ValueError(
+            f"{env_id!r} is neither a Meta-World id ('metaworld/<task>-v3') nor a registered Gymnasium id: {exc}"
+        ) from exc
+    except TypeError as exc:
+        raise ValueError(f"Could not make {env_id!r} with {sorted(kwargs)} (camera= needs a MuJoCo env): {exc}") from exc
+    model = getattr(env.unwrapped, "model", None)
+    if isinstance(model, mujoco.MjModel):
+        apply_render_quality(model, render_quality)
+    if seed is not None:
+        env.reset(seed=seed)  # seeds the env's RNG without rendering; the next reset continues from it
+        env.action_space.seed(seed)
+    return env
+
+
+def make_env(
+    env_id: str,
+    resolution: int = 112,
+    frame_stack: int = 3,
+    action_repeat: int = 2,
+    seed: int | None = None,
+    camera: str | None = None,
+    render_quality: str = "full",
+    max_episode_steps: int | None = 250,
+    *,
+    stack_init: str = "zeros",
+    orientation: str = "upright",
+    goal_mode: str = "random",
+    benchmark_seed: int = 0,
+    reward_function_version: str = "v2",
+    **env_kwargs: Any,
+) -> gym.Env:
+    """Make a pixel env: observations are uint8 ``(3 * frame_stack, resolution, resolution)``, oldest frame first.
+
+    ``info["success"]`` (= ``info["is_success"]``): the task succeeded at any simulator step so far this episode;
+    ``info["success_now"]``: success at the last simulator step of this agent step (on the final step, the
+    final-timestep success the study reports). Episodes never terminate on success.
+
+    :param env_id: ``"metaworld/<task>-v3"`` or any registered Gymnasium id with ``render_mode="rgb_array"``
+        (its rendered frames, resized to ``resolution``, become the observations).
+    :param resolution: image height and width in pixels (112 and 224 in the study).
+    :param frame_stack: frames per observation (DrM: 3).
+    :param action_repeat: simulator steps per agent step; rewards are summed (DrM: 2).
+    :param seed: seed of the episode sequence (Meta-World: object and goal positions); ``reset(seed=...)`` reseeds.
+    :param camera: camera name; ``None`` is ``"corner4"`` for Meta-World (DrM's camera) and the env's default else.
+    :param render_quality: ``"full"`` (MuJoCo defaults, as the reference) or ``"fast"`` (no shadows, MSAA or
+        reflections; about 9x faster on a CPU), see :func:`apply_render_quality`. No effect on non-MuJoCo envs.
+    :param max_episode_steps: episode length in agent steps (DrM: 250 = 500 Meta-World steps); ``None``: no extra
+        limit. Non-Meta-World envs keep their registered limit (in simulator steps) as well.
+    :param stack_init: ``"zeros"`` (DrM's Meta-World wrapper) or ``"repeat"`` (the first frame repeated, DMC-style).
+    :param orientation: Meta-World only: ``"upright"`` or ``"legacy"`` (mujoco-py's mirrored view), see
+        :class:`MetaWorldTask`.
+    :param goal_mode: Meta-World only: ``"random"`` (training, DrM) or ``"fixed"`` (evaluation over the 50 MT1
+        configurations in a deterministic cycle), see :class:`MetaWorldTask`.
+    :param benchmark_seed: Meta-World only: seed of the 50 MT1 configurations used by ``goal_mode="fixed"``.
+    :param reward_function_version: Meta-World only: ``"v2"`` (default) or ``"v1"``.
+    :param env_kwargs: passed to the env constructor (Meta-World class or ``gym.make``).
+    """
+    resolution = _check_resolution(resolution)
+    _check_choice("render_quality", render_quality, RENDER_QUALITIES)
+    if max_episode_steps is not None and (int(max_episode_steps) != max_episode_steps or max_episode_steps < 1):
+        raise ValueError(f"max_episode_steps must be a positive integer or None, got {max_episode_steps!r}.")
+    if int(action_repeat) != action_repeat or action_repeat < 1:
+        raise ValueError(f"action_repeat must be an integer >= 1, got {action_repeat!r}.")
+    task = parse_metaworld_id(env_id)
+    if task is not None:
+        base: gym.Env = MetaWorldTask(
+            task,
+            resolution=resolution,
+            camera=camera or DEFAULT_CAMERA,
+            orientation=orientation,
+            render_quality=render_quality,
+            seed=seed,
+            goal_mode=goal_mode,
+            benchmark_seed=benchmark_seed,
+            max_sim_steps=None if max_episode_steps is None else max_episode_steps * action_repeat,
+            reward_function_version=reward_function_version,
+            **env_kwargs,
+        )
+    else:
+        base = _make_gym_env(env_id, resolution, camera, render_quality, seed, env_kwargs)
+    env: gym.Env = ActionRepeat(base, action_repeat)
+    if max_episode_steps is not None:
+        env = TimeLimit(env, int(max_episode_steps))
+    env = PixelObservation(env, resolution)
+    return FrameStack(env, frame_stack, stack_init)
+
+
+def _make_env_in_worker(env_id: str, render_threads: int | None, **kwargs: Any) -> gym.Env:
+    # llvmpipe starts one render thread per core in every process; with one process per env that oversubscribes
+    # the cores. Only in worker processes: the parent's own envs keep the default.
+    if render_threads and multiprocessing.parent_process() is not None:
+        os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
+    return make_env(env_id, **kwargs)
+
+
+def make_vec_env(
+    env_id: str,
+    n_envs: int,
+    seed: int | None = 0,
+    vectorization_mode: str = "sync",
+    *,
+    context: str | None = None,
+    autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    worker_render_threads: int | None = 1,
+    **make_env_kwargs: Any,
+) -> VectorEnv:
+    """A Gymnasium vector env of ``n_envs`` :func:`make_env` envs; sub-env ``i`` is seeded ``seed + i``.
+
+    :param vectorization_mode: ``"sync"`` (one process; each env renders with its own GL context) or ``"async"``
+        (one process per env).
+    :param context: multiprocessing start method for ``"async"``; default ``"forkserver"`` (``"spawn"`` where
+        unavailable). Never ``"fork"`` by default: forking a process in which OpenGL already rendered deadlocks.
+    :param autoreset_mode: Gymnasium's autoreset mode (default ``NEXT_STEP``, Gymnasium's default).
+    :param worker_render_threads: ``LP_NUM_THREADS`` set in async worker processes (software rendering threads per
+        env; ``None`` leaves it alone). An ``LP_NUM_THREADS`` already exported wins.
+    :param make_env_kwargs: passed to :func:`make_env` for every sub-env.
+    """
+    if int(n_envs) != n_envs or n_envs < 1:
+        raise ValueError(f"n_envs must be an integer >= 1, got {n_envs!r}.")
+    _check_choice("vectorization_mode", vectorization_mode, ("sync", "async"))
+    if "seed" in make_env_kwargs:
+        raise TypeError("pass seed= once: sub-env i gets seed + i.")
+    fns: list[Callable[[], gym.Env]] = [
+        functools.partial(
+            _make_env_in_worker,
+            env_id,
+            worker_render_threads if vectorization_mode == "async" else None,
+            seed=None if seed is None else int(seed) + i,
+            **make_env_kwargs,
+        )
+        for i in range(int(n_envs))
+    ]
+    if vectorization_mode == "sync":
+        return SyncVectorEnv(fns, autoreset_mode=autoreset_mode)
+    if context is None:
+        context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return AsyncVectorEnv(fns, context=context, autoreset_mode=autoreset_mode)
+
+
+def _find_metaworld_task(env: gym.Env) -> MetaWorldTask | None:
+    while env is not None:
+        if isinstance(env, MetaWorldTask):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def scripted_expert(env: gym.Env) -> Callable[..., np.ndarray]:
+    """Meta-World's scripted expert (``metaworld.policies``) for a :func:`make_env` Meta-World env.
+
+    The returned callable ignores its argument (pixels) and acts from the env's hidden simulator state, so call it
+    after every ``reset``/``step`` of that env: ``action = expert(obs)``.
+    """
+    task = _find_metaworld_task(env)
+    if task is None:
+        raise ValueError(
+            "scripted_expert needs a single Meta-World env from pvrw.make_env('metaworld/<task>-v3', ...); "
+            f"got {type(env).__name__} (vector envs: use one expert per sub-env)."
+        )
+    from metaworld.policies import ENV_POLICY_MAP
+
+    policy = ENV_POLICY_MAP[task.task_name]()
+
+    def expert(_observation: Any = None) -> np.ndarray:
+        if task.state_observation is None:
+            raise RuntimeError("reset the env before asking the scripted expert for an action.")
+        with warnings.catch_warnings():  # "Constant(s) may be too high": the policies clip on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            action = policy.get_action(task.state_observation)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    return expert
