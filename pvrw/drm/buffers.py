@@ -212,13 +212,12 @@ class DrMReplayBuffer(ReplayBuffer):
         frames = obs.reshape(self.frame_stack, *self.frame_shape)
         if frames.dtype == self.storage_dtype:
             return frames
-        stored = frames.astype(self.storage_dtype)
         if self.storage_dtype == np.float16 and np.any(np.abs(frames[np.isfinite(frames)]) > FLOAT16_MAX):
             raise ValueError(
                 f"An observation value exceeds the float16 range (|x| > {FLOAT16_MAX}); "
                 "use storage_dtype=np.float32 (or None) for these features."
             )
-        return stored
+        return frames.astype(self.storage_dtype)
 
     def _check_frame_shift(self, env_idx: int, obs: np.ndarray, next_obs: np.ndarray) -> None:
         k = self.frame_stack
