@@ -33,6 +33,7 @@ from gymnasium.wrappers import TimeLimit  # noqa: E402
 from pvrw.pvr_wrappers.env_wrappers import (  # noqa: E402
     ActionRepeat,
     FrameStack,
+    STACK_INITS,
     PixelObservation,
     make_gl_context_current,
 )
@@ -319,10 +320,16 @@ def make_env(
     """
     resolution = _check_resolution(resolution)
     _check_choice("render_quality", render_quality, RENDER_QUALITIES)
-    if max_episode_steps is not None and (int(max_episode_steps) != max_episode_steps or max_episode_steps < 1):
+    if max_episode_steps is not None and (
+        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
+    ):
         raise ValueError(f"max_episode_steps must be a positive integer or None, got {max_episode_steps!r}.")
-    if int(action_repeat) != action_repeat or action_repeat < 1:
-        raise ValueError(f"action_repeat must be an integer >= 1, got {action_repeat!r}.")
+    for name, value in (("frame_stack", frame_stack), ("action_repeat", action_repeat)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    _check_choice("stack_init", stack_init, STACK_INITS)
+    _check_choice("orientation", orientation, ORIENTATIONS)
+    _check_choice("goal_mode", goal_mode, GOAL_MODES)
     task = parse_metaworld_id(env_id)
     if task is not None:
         base: gym.Env = MetaWorldTask(
