@@ -26,6 +26,7 @@ _LAZY_EXPORTS = {
     "register_backbone": "pvrw.pvr_wrappers",
     "FeatureStore": "pvrw.feature_cache",
     "DrM": "pvrw.drm",
+    "DrMReplayBuffer": "pvrw.drm.buffers",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_EXPORTS)]
