@@ -301,7 +301,17 @@ class DrM(OffPolicyAlgorithm):
 
     # --- training ------------------------------------------------------------------------------------------------
 
+    def _replay_buffer_ready(self) -> bool:
+        # The reference-rule DrMReplayBuffer samples complete n-step windows only. A model loaded without its replay
+        # buffer is past learning_starts with an empty buffer: wait for the first window instead of failing.
+        buffer = self.replay_buffer
+        if isinstance(buffer, DrMReplayBuffer) and buffer.n_step_rule == "reference":
+            return buffer.size() >= buffer.n_steps
+        return True
+
     def train(self, gradient_steps: int, batch_size: int = 256) -> None:
+        if not self._replay_buffer_ready():
+            return
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizers)
         metrics: dict[str, list[float]] = defaultdict(list)
