@@ -89,8 +89,13 @@ def speed_table(capacity: int, episode_length: int, batch_size: int, rounds: int
     ]
     for name, buffer in buffers.items():
         sample_s = statistics.median(sample_times[name])
-        nbytes = buffer.nbytes() if isinstance(buffer, DrMReplayBuffer) else sum(
-            getattr(buffer, a).nbytes for a in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+        nbytes = (
+            buffer.nbytes()
+            if isinstance(buffer, DrMReplayBuffer)
+            else sum(
+                getattr(buffer, a).nbytes
+                for a in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+            )
         )
         lines.append(
             f"{name:<28}{sample_s * 1e3:>11.2f}{1 / sample_s:>11.1f}{base / sample_s:>8.2f}"

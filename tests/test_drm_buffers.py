@@ -136,8 +136,14 @@ class NaiveBuffer:
             return None
         ret = sum(self.gamma**i * s.reward for i, s in enumerate(window))
         last = window[-1]
-        return (history[c].obs, history[c].action, last.next_obs, float(last.done and not last.timeout), ret,
-                self.gamma ** len(window))
+        return (
+            history[c].obs,
+            history[c].action,
+            last.next_obs,
+            float(last.done and not last.timeout),
+            ret,
+            self.gamma ** len(window),
+        )
 
 
 def fill(buffer, naive, envs, n_adds, sb3=None):
@@ -153,7 +159,7 @@ def assert_matches_naive(buffer, naive):
     """Same sampleable set; same obs/action/next_obs/done/return/discount at every sampleable (slot, env)."""
     slots, envs = np.meshgrid(np.arange(buffer.buffer_size), np.arange(buffer.n_envs), indexing="ij")
     slots, envs = slots.ravel(), envs.ravel()
-    expected = [naive.expected(s, e) for s, e in zip(slots, envs)]
+    expected = [naive.expected(s, e) for s, e in zip(slots, envs, strict=True)]
     sampleable = np.array([x is not None for x in expected])
     np.testing.assert_array_equal(buffer.is_sampleable(slots, envs), sampleable)
     assert sampleable.any() and not sampleable.all()
@@ -178,8 +184,17 @@ def make_pair(kind, rule, n_envs=2, capacity=40, n_steps=3, gamma=0.9, frame_cap
     envs = FakeStackedEnvs(n_envs, spec["k"], spec["frame_shape"], spec["dtype"], **env_kwargs)
     obs_shape = (spec["k"] * spec["frame_shape"][0], *spec["frame_shape"][1:])
     space = spaces.Box(0, 255, obs_shape, np.uint8) if kind == "pixels" else spaces.Box(-np.inf, np.inf, obs_shape, np.float32)
-    buffer = DrMReplayBuffer(capacity * n_envs, space, ACTION_SPACE, "cpu", n_envs=n_envs, n_steps=n_steps, gamma=gamma,
-                             n_step_rule=rule, frame_capacity=frame_capacity)
+    buffer = DrMReplayBuffer(
+        capacity * n_envs,
+        space,
+        ACTION_SPACE,
+        "cpu",
+        n_envs=n_envs,
+        n_steps=n_steps,
+        gamma=gamma,
+        n_step_rule=rule,
+        frame_capacity=frame_capacity,
+    )
     naive = NaiveBuffer(n_envs, capacity, n_steps, gamma, rule, spec["k"], buffer.frame_capacity)
     return buffer, naive, envs, space
 
@@ -261,12 +276,25 @@ def test_episode_boundaries_and_truncation_bootstrap_by_hand():
     trunc = DrMReplayBuffer(100, space, ACTION_SPACE, "cpu", n_step_rule="truncated", **kwargs)
     rewards = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
     obs = [10.0, 11.0, 12.0, 13.0, 14.0, 20.0, 21.0, 22.0, 23.0]  # A: 10..14 (14 terminal), B: 20..23 (23 terminal)
-    steps = [(0, 1, False, False), (1, 2, False, False), (2, 3, False, False), (3, 4, True, True),
-             (5, 6, False, False), (6, 7, False, False), (7, 8, True, False)]
+    steps = [
+        (0, 1, False, False),
+        (1, 2, False, False),
+        (2, 3, False, False),
+        (3, 4, True, True),
+        (5, 6, False, False),
+        (6, 7, False, False),
+        (7, 8, True, False),
+    ]
     for t, (o, no, done, timeout) in enumerate(steps):
         for buffer in (ref, trunc):
-            buffer.add(np.array([[obs[o]]]), np.array([[obs[no]]]), np.zeros((1, 2)), np.array([rewards[t]]),
-                       np.array([done]), [{"TimeLimit.truncated": timeout}])
+            buffer.add(
+                np.array([[obs[o]]]),
+                np.array([[obs[no]]]),
+                np.zeros((1, 2)),
+                np.array([rewards[t]]),
+                np.array([done]),
+                [{"TimeLimit.truncated": timeout}],
+            )
     # reference: full windows inside an episode only -> starts A0, A1, B0
     np.testing.assert_array_equal(np.flatnonzero(ref.sampleable_mask()[:, 0]), [0, 1, 4])
     b = ref._get_samples(np.array([0, 1, 4]), env_indices=np.zeros(3, dtype=int))
@@ -323,7 +351,8 @@ def test_not_a_frame_stack_raises_clear_error():
         buffer.add(obs, next_obs, np.zeros((1, 2)), np.zeros(1), np.zeros(1), [{}])
     whole = DrMReplayBuffer(20, space, ACTION_SPACE, "cpu", frame_stack=1)
     whole.add(obs, next_obs, np.zeros((1, 2)), np.zeros(1), np.zeros(1), [{}])
-    np.testing.assert_array_equal(whole._get_samples(np.array([0]), env_indices=np.array([0])).next_observations[0], next_obs[0])
+    batch = whole._get_samples(np.array([0]), env_indices=np.array([0]))
+    np.testing.assert_array_equal(batch.next_observations[0], next_obs[0])
 
 
 def test_frame_stack_inference_and_bad_arguments():
@@ -348,10 +377,10 @@ def test_frame_stack_inference_and_bad_arguments():
 
 
 def test_float16_storage():
-    buffer, naive, envs, space = make_pair("features", "reference", seed=2)
+    buffer, _, envs, space = make_pair("features", "reference", seed=2)
     half = DrMReplayBuffer(80, space, ACTION_SPACE, "cpu", n_envs=2, n_steps=3, gamma=0.9, storage_dtype=np.float16)
     for _ in range(50):
-        args, records = envs.step()
+        args, _ = envs.step()
         buffer.add(*args)
         half.add(*args)
     assert half.frames.dtype == np.float16 and half.frames.nbytes * 2 == buffer.frames.nbytes
@@ -376,7 +405,7 @@ def test_pickle_round_trip_and_reset():
     inds, env_inds = np.nonzero(buffer.sampleable_mask())
     a = buffer._get_samples(inds, env_indices=env_inds)
     b = clone._get_samples(inds, env_indices=env_inds)
-    assert all(th.equal(x, y) for x, y in zip(a, b))
+    assert all(th.equal(x, y) for x, y in zip(a, b, strict=True))
     # the clone keeps its episode state: adding more continues the episodes
     fill(clone, naive, envs, 10)
     assert_matches_naive(clone, naive)
@@ -390,9 +419,18 @@ def test_td3_with_vec_frame_stack_equals_sb3_buffer_and_save_load(tmp_path):
 
     def collect(buffer_class, kwargs, learning_starts=10_000):
         venv = VecFrameStack(make_vec_env(lambda: gym.make("Pendulum-v1", max_episode_steps=13), n_envs=2, seed=0), 3)
-        model = TD3("MlpPolicy", venv, buffer_size=60, learning_starts=learning_starts, seed=0, gamma=0.9, device="cpu",
-                    policy_kwargs=dict(net_arch=[8]), replay_buffer_class=buffer_class,
-                    replay_buffer_kwargs=dict(n_steps=3, gamma=0.9, **kwargs))
+        model = TD3(
+            "MlpPolicy",
+            venv,
+            buffer_size=60,
+            learning_starts=learning_starts,
+            seed=0,
+            gamma=0.9,
+            device="cpu",
+            policy_kwargs=dict(net_arch=[8]),
+            replay_buffer_class=buffer_class,
+            replay_buffer_kwargs=dict(n_steps=3, gamma=0.9, **kwargs),
+        )
         model.learn(80)
         return model
 
@@ -407,7 +445,7 @@ def test_td3_with_vec_frame_stack_equals_sb3_buffer_and_save_load(tmp_path):
     a = ours._get_samples(batch_inds)
     np.random.seed(0)
     b = sb3._get_samples(batch_inds)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         th.testing.assert_close(x, y)
 
     path = tmp_path / "buffer.pkl"

@@ -126,8 +126,7 @@ class DrMReplayBuffer(ReplayBuffer):
             raise TypeError(f"DrMReplayBuffer needs a Box observation space, got {observation_space}.")
         if optimize_memory_usage:
             raise NotImplementedError(
-                "DrMReplayBuffer already stores each frame once; optimize_memory_usage=True is not supported, "
-                "leave it False."
+                "DrMReplayBuffer already stores each frame once; optimize_memory_usage=True is not supported, leave it False."
             )
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
@@ -196,7 +195,8 @@ class DrMReplayBuffer(ReplayBuffer):
         if self.nbytes() > available:
             warnings.warn(
                 "This system does not have apparently enough memory to store the complete "
-                f"replay buffer {self.nbytes() / 1e9:.2f}GB > {available / 1e9:.2f}GB"
+                f"replay buffer {self.nbytes() / 1e9:.2f}GB > {available / 1e9:.2f}GB",
+                stacklevel=3,
             )
 
     def _ring(self, absolute: np.ndarray) -> np.ndarray:
@@ -352,7 +352,9 @@ class DrMReplayBuffer(ReplayBuffer):
                 return batch_inds, env_indices
         candidates = np.flatnonzero(self.sampleable_mask())
         if len(candidates) == 0:
-            needed = f"a complete {self.n_steps}-step window inside one episode" if self.n_step_rule == "reference" else "a stored step"
+            needed = "a stored step"
+            if self.n_step_rule == "reference":
+                needed = f"a complete {self.n_steps}-step window inside one episode"
             raise ValueError(
                 f"DrMReplayBuffer has no sampleable transition yet: sampling needs {needed} "
                 f"({self.size()} steps stored per env). Collect more steps before training (learning_starts >= "
@@ -385,7 +387,8 @@ class DrMReplayBuffer(ReplayBuffer):
         steps = np.arange(self.n_steps)
         lengths = self.window_lengths(batch_inds, env_indices)
         mask = steps[None, :] < lengths[:, None]
-        rewards = self._normalize_reward(self.rewards[(batch_inds[:, None] + steps) % self.buffer_size, env_indices[:, None]], env)
+        window = (batch_inds[:, None] + steps) % self.buffer_size
+        rewards = self._normalize_reward(self.rewards[window, env_indices[:, None]], env)
         n_step_returns = (rewards * self.gamma ** steps.astype(np.float32) * mask).sum(axis=1, keepdims=True)
         discounts = self.gamma ** lengths[:, None].astype(np.float32)
         last = (batch_inds + lengths - 1) % self.buffer_size

@@ -143,7 +143,9 @@ def replay_memory_report(
         buffer_size=buffer_size,
         drm_bytes_per_transition=drm_bytes,
         sb3_bytes_per_transition=sb3_bytes,
-        reference_bytes_per_transition=_reference_bytes_per_transition(observation_space, drm_buffer.action_dim, episode_length),
+        reference_bytes_per_transition=_reference_bytes_per_transition(
+            observation_space, drm_buffer.action_dim, episode_length
+        ),
     )
 
 
@@ -184,7 +186,9 @@ def study_memory_table(
     """
     action_space = spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
     return [
-        replay_memory_report(space, action_space, n_steps, buffer_size, storage_dtype=dtype, episode_length=episode_length, label=label)
+        replay_memory_report(
+            space, action_space, n_steps, buffer_size, storage_dtype=dtype, episode_length=episode_length, label=label
+        )
         for label, (space, dtype) in study_observation_spaces().items()
     ]
 
@@ -202,7 +206,8 @@ def format_memory_table(reports: list[ReplayMemoryReport]) -> str:
     for r in reports:
         lines.append(
             f"{r.label:<18}{'x'.join(map(str, r.observation_shape)):>16}{r.storage_dtype:>9}"
-            f"{r.drm_bytes_per_transition:>12,.0f}{r.sb3_bytes_per_transition:>12,.0f}{r.reference_bytes_per_transition:>12,.0f}"
+            f"{r.drm_bytes_per_transition:>12,.0f}{r.sb3_bytes_per_transition:>12,.0f}"
+            f"{r.reference_bytes_per_transition:>12,.0f}"
             f"{r.sb3_bytes_per_transition / r.drm_bytes_per_transition:>9.2f}"
             f"{r.reference_bytes_per_transition / r.drm_bytes_per_transition:>9.2f}"
             f"{r.drm_total_bytes / 1e9:>9.2f}{r.sb3_total_bytes / 1e9:>9.2f}{r.reference_total_bytes / 1e9:>9.2f}"
