@@ -393,9 +393,12 @@ def test_float16_storage():
     th.testing.assert_close(half_batch.next_observations, full_batch.next_observations.half().float(), rtol=0, atol=0)
     th.testing.assert_close(half_batch.rewards, full_batch.rewards)
     assert not th.equal(half_batch.observations, full_batch.observations)
-    big = np.full((2, 3, 6), 1e5, dtype=np.float32)
+    big = np.zeros((2, 3, 6), dtype=np.float32)
+    big[1] = 1e5  # env 1 only: nothing at all may be written
+    written, pos = half.frames_written.copy(), half.pos
     with pytest.raises(ValueError, match="float16 range"):
         half.add(big, big, np.zeros((2, 2)), np.zeros(2), np.ones(2), [{}, {}])
+    assert half.pos == pos and np.array_equal(half.frames_written, written)
 
 
 def test_pickle_round_trip_and_reset():

@@ -172,9 +172,8 @@ class DrMReplayBuffer(ReplayBuffer):
 
     # ------------------------------------------------------------------ storage
     def _reset_episode_state(self) -> None:
+        # per env; the newest stored frame (that of the last next_obs) has absolute index frames_written - 1
         self.frames_written = np.zeros(self.n_envs, dtype=np.int64)
-        # absolute index of the newest frame of the last stored next_obs, per env; -1 before the first add
-        self.last_frame = np.full(self.n_envs, -1, dtype=np.int64)
         self.episode_open = np.zeros(self.n_envs, dtype=bool)
 
     def reset(self) -> None:
@@ -208,8 +207,8 @@ class DrMReplayBuffer(ReplayBuffer):
         self.frames_written[env_idx] += len(frames)
 
     def _as_frames(self, obs: np.ndarray) -> np.ndarray:
-        """Split one observation into ``(k, *frame_shape)`` frames in the storage dtype."""
-        frames = obs.reshape(self.frame_stack, *self.frame_shape)
+        """Split ``(n_envs, *shape)`` observations into ``(n_envs, frames, *frame_shape)`` in the storage dtype."""
+        frames = obs.reshape(len(obs), -1, *self.frame_shape)
         if frames.dtype == self.storage_dtype:
             return frames
         if self.storage_dtype == np.float16 and np.any(np.abs(frames[np.isfinite(frames)]) > FLOAT16_MAX):
@@ -221,24 +220,20 @@ class DrMReplayBuffer(ReplayBuffer):
 
     def _check_frame_shift(self, env_idx: int, obs: np.ndarray, next_obs: np.ndarray) -> None:
         k = self.frame_stack
-        obs_frames = obs.reshape(k, *self.frame_shape)
-        next_frames = next_obs.reshape(k, *self.frame_shape)
-        equal_nan = obs.dtype.kind == "f"
-        if not np.array_equal(next_frames[:-1], obs_frames[1:], equal_nan=equal_nan):
+        obs_frames, next_frames = obs.reshape(k, *self.frame_shape), next_obs.reshape(k, *self.frame_shape)
+        if not np.array_equal(next_frames[:-1], obs_frames[1:], equal_nan=obs.dtype.kind == "f"):
+            how = "inferred from the observation space" if k == infer_frame_stack(self.observation_space) else "given"
             raise ValueError(
-                f"DrMReplayBuffer(frame_stack={k}) stores each of the {k} frames of an observation "
-                f"{self.obs_shape} (split along axis 0 into frames of shape {self.frame_shape}) once, which "
-                "requires next_obs to be obs shifted by one frame (oldest first, as VecFrameStack, Gymnasium's "
-                f"FrameStackObservation and pvrw's make_env/PVRObservation stack them). For env {env_idx}, the older "
-                f"{k - 1} frame(s) of next_obs differ from the newer ones of obs, so these observations are not such "
-                "a frame stack. frame_stack was "
-                + ("inferred from the observation space" if k == infer_frame_stack(self.observation_space) else "set")
-                + ". Pass frame_stack=1 (e.g. replay_buffer_kwargs=dict(frame_stack=1)) to store observations "
-                "whole, or give the buffer real frame stacks."
+                f"DrMReplayBuffer(frame_stack={k}, {how}) splits each observation {self.obs_shape} along axis 0 into "
+                f"{k} frames {self.frame_shape} and stores each frame once, so next_obs must be obs shifted by one "
+                "frame (oldest first, as VecFrameStack, FrameStackObservation, pvrw's make_env and PVRObservation "
+                f"stack them). For env {env_idx} the older frames of next_obs differ from the newer ones of obs: these "
+                "observations are not frame stacks. Pass frame_stack=1 (replay_buffer_kwargs=dict(frame_stack=1)) "
+                "to store them whole."
             )
 
     def _stored_stack_equals(self, env_idx: int, frames: np.ndarray) -> bool:
-        newest = self.last_frame[env_idx]
+        newest = self.frames_written[env_idx] - 1
         stored = self.frames[self._ring(newest - np.arange(self.frame_stack - 1, -1, -1)), env_idx]
         return np.array_equal(stored, frames, equal_nan=frames.dtype.kind == "f")
 
@@ -271,15 +266,15 @@ class DrMReplayBuffer(ReplayBuffer):
                 f"got {np.shape(obs)} and {np.shape(next_obs)}."
             ) from error
         done = np.asarray(done, dtype=bool).reshape(self.n_envs)
+        # check everything before writing anything
+        for env_idx in range(self.n_envs * (self.frame_stack > 1)):
+            self._check_frame_shift(env_idx, obs[env_idx], next_obs[env_idx])
+        obs_frames, next_frames = self._as_frames(obs), self._as_frames(next_obs[:, -self.frame_shape[0] :])
         for env_idx in range(self.n_envs):
-            if self.frame_stack > 1:
-                self._check_frame_shift(env_idx, obs[env_idx], next_obs[env_idx])
-            frames = self._as_frames(obs[env_idx])
-            if not (self.episode_open[env_idx] and self._stored_stack_equals(env_idx, frames)):
-                self._write_frames(env_idx, frames)  # a new episode: its whole first stack
+            if not (self.episode_open[env_idx] and self._stored_stack_equals(env_idx, obs_frames[env_idx])):
+                self._write_frames(env_idx, obs_frames[env_idx])  # a new episode: its whole first stack
             self.obs_frame[self.pos, env_idx] = self.frames_written[env_idx] - 1
-            self._write_frames(env_idx, self._as_frames(next_obs[env_idx])[-1:])
-            self.last_frame[env_idx] = self.frames_written[env_idx] - 1
+            self._write_frames(env_idx, next_frames[env_idx])
         self.episode_open = ~done
 
         self.actions[self.pos] = np.asarray(action).reshape((self.n_envs, self.action_dim))
