@@ -73,8 +73,9 @@ def _drm_bytes_per_transition(buffer: DrMReplayBuffer, episode_length: int) -> f
     obs = np.zeros((buffer.n_envs, *buffer.obs_shape), dtype=buffer.observation_space.dtype)
     action = np.zeros((buffer.n_envs, buffer.action_dim), dtype=np.float32)
     reward = np.zeros(buffer.n_envs, dtype=np.float32)
-    steps_needed = 2 * max(buffer.buffer_size, buffer.frame_capacity)
-    for step in range(steps_needed + episode_length - steps_needed % episode_length):
+    # whole episodes, past the point where both rings have wrapped
+    n_episodes = -(-(max(buffer.buffer_size, buffer.frame_capacity) + episode_length) // episode_length)
+    for step in range(n_episodes * episode_length):
         end = (step + 1) % episode_length == 0
         infos = [{"TimeLimit.truncated": end} for _ in range(buffer.n_envs)]
         buffer.add(obs, obs, action, reward, np.full(buffer.n_envs, end), infos)
