@@ -1,0 +1,390 @@
+"""Gymnasium / Stable-Baselines3 wrappers that turn RGB frames into frozen backbone features.
+
+* :class:`PVRObservation`: a ``gymnasium.ObservationWrapper`` for one env;
+* :class:`VecPVRObservation`: an SB3 ``VecEnvWrapper`` (what SB3 algorithms train on) that embeds the new frames of
+  all sub-envs, terminal observations included, in ONE batched backbone call per step;
+* :class:`VectorPVRObservation`: the same for a Gymnasium ``VectorEnv`` (e.g. ``make_vec_env``).
+
+Frames come from the observation (uint8, HWC or CHW, single ``(3,H,W)`` or frame-stacked on the channel axis
+``(3k,H,W)`` as ``make_env`` produces, or ``(k,3,H,W)``) or from ``env.render()`` (``source="render"``). The output
+observation is ``float32 (k, *backbone.output_shape)``. A frame already embedded in the previous observation of the
+same env is never embedded again (the stack shift is detected; identical frames, such as the repeated first frame of
+a reset stack, are embedded once), so a stack of 3 costs one backbone pass per step.
+
+``augment=True`` applies a random shift (DrQ: replicate-pad 4, random crop, the same shift for all frames of one
+observation) before the backbone. It is off by default for PVRs (the study found it hurt), and with it on every
+frame is re-embedded at every step: no reuse and no cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from pvrw.pvr_wrappers.registry import RANDOM, FrozenBackbone, create_backbone, get_backbone_cfg
+
+
+class FrameLayout:
+    """How RGB frames sit in an observation array, and how to take them out as ``(k,3,H,W)`` uint8."""
+
+    def __init__(self, shape: Sequence[int], channels_first: bool | None = None) -> None:
+        self.shape = tuple(shape)
+        s = self.shape
+        if len(s) == 4 and 3 in (s[1], s[3]):
+            self.kind = "kchw" if s[1] == 3 else "khwc"
+        elif len(s) == 3:
+            if channels_first is None:
+                channels_first = s[0] % 3 == 0 and not (s[2] % 3 == 0 and s[2] < s[0])
+            if channels_first and s[0] % 3 == 0:
+                self.kind = "chw"
+            elif not channels_first and s[2] % 3 == 0:
+                self.kind = "hwc"
+            else:
+                raise ValueError(f"observation shape {s} has no RGB channel axis (a multiple of 3).")
+        else:
+            raise ValueError(f"observation shape {s} is not an RGB frame or frame stack: expected (H,W,3), (3,H,W), "
+                             "(3k,H,W), (H,W,3k), (k,3,H,W) or (k,H,W,3).")
+        if self.kind == "chw":
+            self.k, self.height, self.width = s[0] // 3, s[1], s[2]
+        elif self.kind == "hwc":
+            self.k, self.height, self.width = s[2] // 3, s[0], s[1]
+        elif self.kind == "kchw":
+            self.k, self.height, self.width = s[0], s[2], s[3]
+        else:
+            self.k, self.height, self.width = s[0], s[1], s[2]
+
+    def frames(self, obs: np.ndarray) -> np.ndarray:
+        """One observation -> ``(k,3,H,W)`` uint8, C-contiguous."""
+        obs = np.asarray(obs)
+        if obs.shape != self.shape or obs.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 observation of shape {self.shape}, got {obs.dtype} {obs.shape}; "
+                             "the env does not produce the frames its observation_space declares.")
+        k, h, w = self.k, self.height, self.width
+        if self.kind == "chw":
+            out = obs.reshape(k, 3, h, w)
+        elif self.kind == "hwc":
+            out = obs.reshape(h, w, k, 3).transpose(2, 3, 0, 1)
+        elif self.kind == "kchw":
+            out = obs
+        else:
+            out = obs.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(out)
+
+
+def rgb_layout(space: gym.Space, channels_first: bool | None = None) -> FrameLayout:
+    """The :class:`FrameLayout` of an observation space, or a ValueError saying why it holds no RGB frames."""
+    if not isinstance(space, spaces.Box) or space.dtype != np.uint8:
+        raise ValueError(f"observation space {space} holds no uint8 RGB frames. Use source='render' with an env made "
+                         "with render_mode='rgb_array', or give the env a pixel observation (e.g. make_env).")
+    try:
+        return FrameLayout(space.shape, channels_first)
+    except ValueError as err:
+        raise ValueError(f"observation space {space}: {err} Use source='render' for envs whose observation is not "
+                         "the image.") from err
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    return hashlib.blake2b(memoryview(frame).cast("B"), digest_size=16).digest()
+
+
+class _SlotState:
+    """What one env slot showed last: its frames, and for each frame either its features or a pending index."""
+
+    __slots__ = ("frames", "sources", "digests")
+
+    def __init__(self, frames: np.ndarray, sources: list) -> None:
+        self.frames = frames
+        self.sources = sources  # each: np.ndarray features, or int index into the pending batch
+        self.digests: list[bytes] | None = None
+
+    def digest_map(self) -> dict[bytes, Any]:
+        if self.digests is None:
+            self.digests = [_digest(f) for f in self.frames]
+        return dict(zip(self.digests, self.sources))
+
+
+class StackEmbedder:
+    """Embeds frame stacks for ``n_slots`` envs, each distinct frame once, new frames of all slots in one call.
+
+    :param backbone: anything with ``embed(frames uint8 (N,3,H,W)) -> (N,*output_shape)`` and ``output_shape``.
+    :param reuse: reuse features of frames seen in the slot's previous observation (False when augmenting).
+    """
+
+    def __init__(self, backbone: Any, n_slots: int, reuse: bool = True, batch_size: int = 64) -> None:
+        self.backbone = backbone
+        self.reuse = reuse
+        self.batch_size = batch_size
+        self.state: list[_SlotState | None] = [None] * n_slots
+        self.backbone_calls = 0
+        self.frames_embedded = 0
+
+    def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        """``[(slot, frames (k,3,H,W)), ...]`` in time order -> ``[features (k,*output_shape), ...]``."""
+        pending: list[np.ndarray] = []
+        pending_ids: dict[bytes, int] = {}
+
+        def new(frame: np.ndarray, digest: bytes | None = None) -> int:
+            if digest is None:
+                pending.append(frame)
+                return len(pending) - 1
+            if digest not in pending_ids:
+                pending_ids[digest] = len(pending)
+                pending.append(frame)
+            return pending_ids[digest]
+
+        planned: list[_SlotState] = []
+        for slot, frames in items:
+            prev = self.state[slot] if self.reuse else None
+            k = len(frames)
+            if prev is not None and k > 1 and prev.frames.shape == frames.shape and np.array_equal(
+                    frames[:-1], prev.frames[1:]):
+                last = prev.sources[-1] if np.array_equal(frames[-1], prev.frames[-1]) else new(frames[-1])
+                sources = [*prev.sources[1:], last]
+            else:
+                known = prev.digest_map() if prev is not None else {}
+                digests = [_digest(f) for f in frames]
+                sources = [known[d] if d in known else new(f, d) for f, d in zip(frames, digests)]
+            state = _SlotState(frames, sources)
+            self.state[slot] = state
+            planned.append(state)
+
+        features = None
+        if pending:
+            features = self.backbone.embed(np.stack(pending), batch_size=self.batch_size)
+            self.backbone_calls += 1
+            self.frames_embedded += len(pending)
+        out = []
+        for state in planned:
+            state.sources = [features[s] if isinstance(s, int) else s for s in state.sources]
+            out.append(np.stack(state.sources))
+        return out
+
+
+def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """DrQ random shift of a ``(k,3,H,W)`` stack: replicate-pad by ``pad``, crop back at one random offset."""
+    if pad <= 0:
+        return frames
+    dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+    padded = np.pad(frames, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
+    return np.ascontiguousarray(padded[:, :, dy:dy + frames.shape[2], dx:dx + frames.shape[3]])
+
+
+def resolve_backbone(backbone: Any, frame_size: tuple[int, int], weights: Any = None, resolution: int | None = None,
+                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, cache: Any = None,
+                     **options: Any) -> Any:
+    """A backbone name or object -> the object the wrappers call (wrapped in ``CachedBackbone`` if ``cache``)."""
+    if isinstance(backbone, str):
+        if resolution is None:
+            h, w = frame_size
+            cfg = get_backbone_cfg(backbone)
+            if h != w:
+                raise ValueError(f"frames are {h}x{w}; pass resolution= (the square side {backbone} should see).")
+            try:
+                resolution = cfg.check_resolution(h)
+            except ValueError as err:
+                raise ValueError(f"{err} The frames are {h}x{w}: pass resolution= (frames are resized).") from None
+        backbone = create_backbone(backbone, weights=weights, resolution=resolution, device=device, dtype=dtype,
+                                   **{k: v for k, v in options.items() if v is not None})
+    elif weights is not None or resolution is not None or any(v is not None for v in options.values()):
+        raise ValueError("weights=, resolution= and backbone options apply to a backbone *name*; this backbone "
+                         "object is already built.")
+    if not (hasattr(backbone, "embed") and hasattr(backbone, "output_shape")):
+        raise TypeError(f"backbone must be a registered name or a FrozenBackbone, got {type(backbone).__name__}.")
+    if cache is not None:
+        from pvrw.feature_cache import CachedBackbone
+
+        backbone = CachedBackbone(backbone, cache)
+    if getattr(backbone, "fingerprint", None) == RANDOM:
+        gym.logger.warn(f"PVR wrapper on backbone {backbone.name!r} with RANDOM weights (smoke tests only).")
+    return backbone
+
+
+def feature_space(backbone: Any, k: int, dtype: Any = np.float32) -> spaces.Box:
+    """``Box(-inf, inf, (k, *backbone.output_shape), dtype)`` (contract #3)."""
+    return spaces.Box(-np.inf, np.inf, shape=(k, *backbone.output_shape), dtype=dtype)
+
+
+class PVRObservation(gym.ObservationWrapper):
+    """Replace RGB frames (or stacks of them) by frozen backbone features.
+
+    :param env: a Gymnasium env with uint8 RGB observations, or any env with ``render_mode="rgb_array"`` and
+        ``source="render"``.
+    :param backbone: a registered name (``"resnet18"``, ``"dinov2"``, ``"dinov2_reg"``, ``"vc1"``...) or a built
+        :class:`~pvrw.pvr_wrappers.registry.FrozenBackbone`.
+    :param weights: for a name: ``None`` (offline lookup), a path, or ``"random"`` (smoke tests only).
+    :param resolution: side the backbone sees; None uses the frame size (if the architecture allows it).
+    :param device: torch device. :param dtype: backbone compute dtype.
+    :param cache: a feature-cache path: the backbone is wrapped in ``pvrw.feature_cache.CachedBackbone``.
+    :param source: ``"observation"`` (default) or ``"render"``.
+    :param tokens: ``"cls"`` or ``"cls+registers"`` for ``dinov2_reg``.
+    :param augment: random shift before the backbone (off by default: it hurt PVRs in the study, and with it on
+        nothing is reused or cached).
+    :param augment_pad: shift padding in pixels (DrQ: 4).
+    :param output_dtype: dtype of the feature observation (float32 default).
+    :param channels_first: override the channel-axis guess for 3-D observations.
+    :param backbone_options: further entry options (``pos_embed_interp``, ``bn_mode``...).
+    """
+
+    def __init__(self, env: gym.Env, backbone: str | FrozenBackbone = "dinov2", weights: Any = None,
+                 resolution: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, cache: Any = None, source: str = "observation",
+                 tokens: str | None = None, augment: bool = False, augment_pad: int = 4,
+                 output_dtype: Any = np.float32, channels_first: bool | None = None, batch_size: int = 64,
+                 **backbone_options: Any) -> None:
+        super().__init__(env)
+        if source not in ("observation", "render"):
+            raise ValueError(f"source must be 'observation' or 'render', got {source!r}.")
+        if augment and cache is not None:
+            raise ValueError("augment=True re-embeds shifted frames every step, so a feature cache cannot be used; "
+                             "pass cache=None or augment=False.")
+        self.source = source
+        if source == "render":
+            if env.render_mode != "rgb_array":
+                raise ValueError(f"source='render' needs an env made with render_mode='rgb_array' (it has "
+                                 f"{env.render_mode!r}).")
+            self.layout: FrameLayout | None = None
+            frame_size = self._render_frames().shape[-2:]
+        else:
+            self.layout = rgb_layout(env.observation_space, channels_first)
+            frame_size = (self.layout.height, self.layout.width)
+        self.backbone = resolve_backbone(backbone, frame_size, weights, resolution, device, dtype, cache,
+                                         tokens=tokens, **backbone_options)
+        self.k = 1 if self.layout is None else self.layout.k
+        self.output_dtype = np.dtype(output_dtype)
+        self.observation_space = feature_space(self.backbone, self.k, self.output_dtype)
+        self.augment, self.augment_pad = augment, augment_pad
+        self._aug_rng = np.random.default_rng()
+        self.embedder = StackEmbedder(self.backbone, 1, reuse=not augment, batch_size=batch_size)
+
+    def _render_frames(self) -> np.ndarray:
+        frame = self.env.render()
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or 3 not in (
+                frame.shape[0], frame.shape[-1]):
+            raise ValueError(f"env.render() returned {type(frame).__name__} "
+                             f"{getattr(frame, 'dtype', '')} {getattr(frame, 'shape', '')}, not a uint8 RGB image.")
+        return FrameLayout(frame.shape).frames(frame)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._aug_rng = np.random.default_rng(seed)
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation: Any) -> np.ndarray:
+        frames = self._render_frames() if self.layout is None else self.layout.frames(observation)
+        if self.augment:
+            frames = random_shift(frames, self.augment_pad, self._aug_rng)
+        return self.embedder([(0, frames)])[0].astype(self.output_dtype, copy=False)
+
+
+def _vec_setup(space: gym.Space, backbone: Any, n: int, channels_first: bool | None, augment: bool, cache: Any,
+               output_dtype: Any, batch_size: int, **kwargs: Any):
+    if augment and cache is not None:
+        raise ValueError("augment=True cannot be combined with a feature cache.")
+    layout = rgb_layout(space, channels_first)
+    backbone = resolve_backbone(backbone, (layout.height, layout.width), cache=cache, **kwargs)
+    dtype = np.dtype(output_dtype)
+    embedder = StackEmbedder(backbone, n, reuse=not augment, batch_size=batch_size)
+    return layout, backbone, embedder, feature_space(backbone, layout.k, dtype), dtype
+
+
+try:
+    from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+except ImportError:  # pragma: no cover - SB3 is a dependency; keep the gymnasium wrappers importable without it
+    VecEnvWrapper = object  # type: ignore[misc,assignment]
+
+
+class VecPVRObservation(VecEnvWrapper):
+    """SB3 ``VecEnvWrapper``: frozen features for every sub-env, all new frames in one backbone call per step.
+
+    Use it between SB3's vectorisation and the algorithm: ``SAC("MlpPolicy", VecPVRObservation(DummyVecEnv([...]),
+    "dinov2"))``. ``infos[i]["terminal_observation"]`` is embedded too (SB3 stores it as the final next-observation).
+    Options are those of :class:`PVRObservation` (``source="render"`` excepted).
+    """
+
+    def __init__(self, venv: "VecEnv", backbone: str | FrozenBackbone = "dinov2", weights: Any = None,
+                 resolution: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, cache: Any = None, tokens: str | None = None,
+                 augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
+                 channels_first: bool | None = None, batch_size: int = 64, **backbone_options: Any) -> None:
+        self.layout, self.backbone, self.embedder, space, self.output_dtype = _vec_setup(
+            venv.observation_space, backbone, venv.num_envs, channels_first, augment, cache, output_dtype,
+            batch_size, weights=weights, resolution=resolution, device=device, dtype=dtype, tokens=tokens,
+            **backbone_options)
+        self.augment, self.augment_pad = augment, augment_pad
+        self._aug_rng = np.random.default_rng()
+        super().__init__(venv, observation_space=space)
+
+    def _frames(self, obs: np.ndarray) -> np.ndarray:
+        frames = self.layout.frames(obs)
+        return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
+
+    def _embed(self, items: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        return [f.astype(self.output_dtype, copy=False) for f in self.embedder(items)]
+
+    def reset(self) -> np.ndarray:
+        obs = self.venv.reset()
+        return np.stack(self._embed([(i, self._frames(obs[i])) for i in range(self.num_envs)]))
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        items, terminal = [], []
+        for i in range(self.num_envs):
+            if dones[i] and infos[i].get("terminal_observation") is not None:
+                terminal.append(i)
+                items.append((i, self._frames(infos[i]["terminal_observation"])))
+            items.append((i, self._frames(obs[i])))
+        feats = self._embed(items)
+        pos = 0
+        out = []
+        for i in range(self.num_envs):
+            if i in terminal:
+                infos[i]["terminal_observation"] = feats[pos]
+                pos += 1
+            out.append(feats[pos])
+            pos += 1
+        return np.stack(out), rewards, dones, infos
+
+
+class VectorPVRObservation(gym.vector.VectorObservationWrapper):
+    """Gymnasium ``VectorEnv`` form of :class:`PVRObservation`: one backbone call per step for all sub-envs.
+
+    Works with both autoreset modes (``final_obs`` in ``infos`` is embedded too for same-step autoreset).
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, backbone: str | FrozenBackbone = "dinov2", weights: Any = None,
+                 resolution: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, cache: Any = None, tokens: str | None = None,
+                 augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
+                 channels_first: bool | None = None, batch_size: int = 64, **backbone_options: Any) -> None:
+        super().__init__(env)
+        self.layout, self.backbone, self.embedder, space, self.output_dtype = _vec_setup(
+            env.single_observation_space, backbone, env.num_envs, channels_first, augment, cache, output_dtype,
+            batch_size, weights=weights, resolution=resolution, device=device, dtype=dtype, tokens=tokens,
+            **backbone_options)
+        self.augment, self.augment_pad = augment, augment_pad
+        self._aug_rng = np.random.default_rng()
+        self.single_observation_space = space
+        self.observation_space = gym.vector.utils.batch_space(space, env.num_envs)
+
+    def _frames(self, obs: np.ndarray) -> np.ndarray:
+        frames = self.layout.frames(obs)
+        return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
+
+    def observations(self, observations: np.ndarray) -> np.ndarray:
+        feats = self.embedder([(i, self._frames(observations[i])) for i in range(self.num_envs)])
+        return np.stack(feats).astype(self.output_dtype, copy=False)
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        if "final_obs" in infos:  # same-step autoreset: embed the final observations before the reset ones
+            mask = infos.get("_final_obs", np.ones(self.num_envs, bool))
+            items = [(i, self._frames(infos["final_obs"][i])) for i in range(self.num_envs) if mask[i]]
+            final = iter(self.embedder(items))
+            infos["final_obs"] = np.array([next(final).astype(self.output_dtype) if mask[i] else None
+                                           for i in range(self.num_envs)], dtype=object)
+        return self.observations(obs), rewards, terminations, truncations, infos
