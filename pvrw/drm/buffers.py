@@ -69,7 +69,8 @@ class DrMReplayBuffer(ReplayBuffer):
 
     - ``"reference"`` (default, DrQ-v2/DrM ``replay_buffer.py``): only starts whose ``n`` steps lie in one episode and
       are all stored are sampled, so every sample sums exactly ``n`` rewards and ``discounts`` is ``gamma ** n``.
-      The last ``n - 1`` steps of an episode appear only inside windows. Time-limit ends are not terminal
+      The last ``n - 1`` steps of an episode appear only inside windows (an episode shorter than ``n`` steps is never
+      sampled). Time-limit ends are not terminal
       (``dones`` is 1 only for a true termination; with ``handle_timeout_termination=False`` every end is terminal).
       Deliberate differences from the reference's data pipeline, which change no target: starts are drawn uniformly
       over stored transitions (the reference draws an episode, then a step: the same distribution when episodes
