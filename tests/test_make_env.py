@@ -120,7 +120,11 @@ def test_seeding_gives_reproducible_distinct_episodes():
         assert np.array_equal(oa, ob) and ra == rb
     # reset(seed=k) reseeds: env c now replays env a's seed-11 sequence
     assert np.array_equal(_episode_goals(c, 4, seed=11), goals_a)
-    for env in (a, b, c):
+    # seed=None draws a fresh seed per env
+    d = make_env("metaworld/push-v3", seed=None, **FAST)
+    e = make_env("metaworld/push-v3", seed=None, **FAST)
+    assert not np.allclose(_episode_goals(d, 2), _episode_goals(e, 2))
+    for env in (a, b, c, d, e):
         env.close()
 
 

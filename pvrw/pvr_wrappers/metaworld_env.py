@@ -31,15 +31,18 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from gymnasium.wrappers import TimeLimit  # noqa: E402
 
 from pvrw.pvr_wrappers.env_wrappers import (  # noqa: E402
+    RENDER_QUALITIES,
+    STACK_INITS,
     ActionRepeat,
     FrameStack,
-    STACK_INITS,
     PixelObservation,
+    apply_render_quality,
+    check_choice,
+    make_gym_pixel_base,
     make_gl_context_current,
 )
 
 DEFAULT_CAMERA = "corner4"
-RENDER_QUALITIES = ("full", "fast")
 ORIENTATIONS = ("upright", "legacy")
 GOAL_MODES = ("random", "fixed")
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 2048
@@ -101,27 +104,6 @@ def _check_resolution(resolution: Any) -> int:
     return int(resolution)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
-    return value
-
-
-def apply_render_quality(model: mujoco.MjModel, render_quality: str) -> None:
-    """Set a model's rendering fields for ``render_quality`` (must run before the first render).
-
-    ``"full"`` keeps MuJoCo's defaults, as the reference rendered. ``"fast"`` turns off the 4096² shadow map (cast
-    shadows of arm and table rim disappear and the table is slightly brighter: mean |Δ| ≈ 7.5/255), multisample
-    anti-aliasing (edges slightly aliased: mean |Δ| ≈ 1/255) and the reflection pass (no visible change with corner4);
-    on a CPU (OSMesa/llvmpipe) that renders about 9x faster. Use the same setting for training and evaluation.
-    """
-    _check_choice("render_quality", render_quality, RENDER_QUALITIES)
-    if render_quality == "fast":
-        model.vis.quality.shadowsize = 0
-        model.vis.quality.offsamples = 0
-        model.mat_reflectance[:] = 0
-
-
 @functools.lru_cache(maxsize=16)
 def benchmark_tasks(task_name: str, benchmark_seed: int = 0) -> tuple[Any, ...]:
     """The 50 fixed object/goal configurations of Meta-World's MT1 benchmark for ``task_name``."""
@@ -168,8 +150,8 @@ class MetaWorldTask(gym.Wrapper):
         **env_kwargs: Any,
     ):
         task_name = _check_task_name(task_name)
-        self.orientation = _check_choice("orientation", orientation, ORIENTATIONS)
-        self.goal_mode = _check_choice("goal_mode", goal_mode, GOAL_MODES)
+        self.orientation = check_choice("orientation", orientation, ORIENTATIONS)
+        self.goal_mode = check_choice("goal_mode", goal_mode, GOAL_MODES)
         raw = _metaworld_tasks()[task_name](
             render_mode="rgb_array",
             camera_name=camera,
@@ -250,31 +232,6 @@ class MetaWorldTask(gym.Wrapper):
         return np.ascontiguousarray(frame)
 
 
-def _make_gym_env(env_id: str, resolution: int, camera: str | None, render_quality: str, seed: int | None,
-                  env_kwargs: dict[str, Any]) -> gym.Env:
-    kwargs = dict(env_kwargs, render_mode="rgb_array")
-    if camera is not None:
-        kwargs["camera_name"] = camera
-    try:
-        try:  # MuJoCo envs render at the requested size directly
-            env = gym.make(env_id, width=resolution, height=resolution, **kwargs)
-        except TypeError:
-            env = gym.make(env_id, **kwargs)
-    except gym.error.Error as exc:
-        raise ValueError(
-            f"{env_id!r} is neither a Meta-World id ('metaworld/<task>-v3') nor a registered Gymnasium id: {exc}"
-        ) from exc
-    except TypeError as exc:
-        raise ValueError(f"Could not make {env_id!r} with {sorted(kwargs)} (camera= needs a MuJoCo env): {exc}") from exc
-    model = getattr(env.unwrapped, "model", None)
-    if isinstance(model, mujoco.MjModel):
-        apply_render_quality(model, render_quality)
-    if seed is not None:
-        env.reset(seed=seed)  # seeds the env's RNG without rendering; the next reset continues from it
-        env.action_space.seed(seed)
-    return env
-
-
 def make_env(
     env_id: str,
     resolution: int = 112,
@@ -319,7 +276,7 @@ def make_env(
     :param env_kwargs: passed to the env constructor (Meta-World class or ``gym.make``).
     """
     resolution = _check_resolution(resolution)
-    _check_choice("render_quality", render_quality, RENDER_QUALITIES)
+    check_choice("render_quality", render_quality, RENDER_QUALITIES)
     if max_episode_steps is not None and (
         isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
     ):
@@ -327,9 +284,9 @@ def make_env(
     for name, value in (("frame_stack", frame_stack), ("action_repeat", action_repeat)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    _check_choice("stack_init", stack_init, STACK_INITS)
-    _check_choice("orientation", orientation, ORIENTATIONS)
-    _check_choice("goal_mode", goal_mode, GOAL_MODES)
+    check_choice("stack_init", stack_init, STACK_INITS)
+    check_choice("orientation", orientation, ORIENTATIONS)
+    check_choice("goal_mode", goal_mode, GOAL_MODES)
     task = parse_metaworld_id(env_id)
     if task is not None:
         base: gym.Env = MetaWorldTask(
@@ -346,7 +303,7 @@ def make_env(
             **env_kwargs,
         )
     else:
-        base = _make_gym_env(env_id, resolution, camera, render_quality, seed, env_kwargs)
+        base = make_gym_pixel_base(env_id, resolution, camera, render_quality, seed, env_kwargs)
     env: gym.Env = ActionRepeat(base, action_repeat)
     if max_episode_steps is not None:
         env = TimeLimit(env, int(max_episode_steps))
@@ -386,7 +343,7 @@ def make_vec_env(
     """
     if int(n_envs) != n_envs or n_envs < 1:
         raise ValueError(f"n_envs must be an integer >= 1, got {n_envs!r}.")
-    _check_choice("vectorization_mode", vectorization_mode, ("sync", "async"))
+    check_choice("vectorization_mode", vectorization_mode, ("sync", "async"))
     if "seed" in make_env_kwargs:
         raise TypeError("pass seed= once: sub-env i gets seed + i.")
     fns: list[Callable[[], gym.Env]] = [
