@@ -15,9 +15,9 @@ import argparse
 import os
 import time
 
-import pvrw  # noqa: F401  (chooses the GL backend before mujoco is imported)
 import numpy as np
 
+import pvrw  # noqa: F401  (chooses the GL backend before mujoco is imported)
 from pvrw.pvr_wrappers.metaworld_env import make_env, make_vec_env
 
 MODES = ("single", "sync", "async")
@@ -32,7 +32,7 @@ def _build(mode: str, env_id: str, resolution: int, quality: str, n_envs: int, s
 
 def _time_block(env, steps: int, rng: np.random.Generator) -> float:
     """Agent steps per second over ``steps`` (vector) steps with uniform random actions."""
-    space = getattr(env, "action_space")
+    space = env.action_space
     n = getattr(env, "num_envs", 1)
     actions = rng.uniform(space.low, space.high, (steps, *space.shape)).astype(np.float32)
     start = time.perf_counter()

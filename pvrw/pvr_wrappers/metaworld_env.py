@@ -18,19 +18,20 @@ import os
 import re
 import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pvrw._gl
 
 pvrw._gl.configure_gl_backend()
 
-import gymnasium as gym  # noqa: E402
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv  # noqa: E402
-from gymnasium.wrappers import TimeLimit  # noqa: E402
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.wrappers import TimeLimit
 
-from pvrw.pvr_wrappers.env_wrappers import (  # noqa: E402
+from pvrw.pvr_wrappers.env_wrappers import (
     RENDER_QUALITIES,
     STACK_INITS,
     ActionRepeat,
@@ -38,8 +39,8 @@ from pvrw.pvr_wrappers.env_wrappers import (  # noqa: E402
     PixelObservation,
     apply_render_quality,
     check_choice,
-    make_gym_pixel_base,
     make_gl_context_current,
+    make_gym_pixel_base,
 )
 
 DEFAULT_CAMERA = "corner4"
