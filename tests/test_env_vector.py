@@ -1,5 +1,7 @@
 """Vector envs of Meta-World pixel envs: distinct seeds per sub-env, sync and async (no fork deadlock) agree."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -49,8 +51,11 @@ def test_sync_vector_env_uses_distinct_seeds_matching_single_envs(sync_trace, ac
 
 @pytest.mark.timeout(240)
 def test_async_vector_env_matches_sync(sync_trace, actions):
+    # this process has already rendered (sync_trace): forking it would deadlock llvmpipe, forkserver must not
+    had_lp_threads = "LP_NUM_THREADS" in os.environ
     vec = make_vec_env("metaworld/push-v3", 2, seed=10, vectorization_mode="async", **KW)
     obs, rewards = _rollout(vec, actions)
     vec.close()
+    assert ("LP_NUM_THREADS" in os.environ) == had_lp_threads  # set in the workers only
     assert np.array_equal(obs, sync_trace[0])
     assert np.allclose(rewards, sync_trace[1])
