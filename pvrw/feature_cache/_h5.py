@@ -89,6 +89,13 @@ def open_for_reading(path: str | os.PathLike, expected_format: str, rdcc_nbytes:
     short, so this retries for about two seconds before giving up with :class:`FileBusyError`.
     """
     deadline = time.monotonic() + 2.0
+    try:
+        # A plain open first: it checks the file's integrity (a SWMR read-open skips the end-of-file check and retries
+        # unreadable metadata for minutes on a truncated file). It fails only on files flagged open by a writer.
+        h5py.File(path, "r").close()
+    except OSError as error:
+        if not _is_busy_error(error):
+            raise describe_open_error(path, error, expected_format) from None
     while True:
         try:
             f = h5py.File(path, "r", libver="latest", swmr=True, rdcc_nbytes=rdcc_nbytes, rdcc_nslots=1_000_003)

@@ -1,0 +1,93 @@
+"""Offline extraction: features of every frame of an episode dataset, for any set of backbones, resumable.
+
+Row ``i`` of each feature set is frame ``i`` of the source dataset. Every batch is appended and committed before the
+next starts, so after an interruption (Ctrl-C, a kill, a crash) running the same extraction again continues at the
+first uncommitted frame: no duplicates, no gaps. The output file is tied to its source dataset (by the dataset's
+uuid) and copies its episode boundaries, so :meth:`FeatureSet.episode` serves whole episodes in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable
+
+import numpy as np
+
+from pvrw.feature_cache.content_cache import hash_frames
+from pvrw.feature_cache.recording import EpisodeDataset
+from pvrw.feature_cache.store import FeatureSpec, FeatureStore
+
+logger = logging.getLogger(__name__)
+
+
+def extract_features(
+    frames_path: str | os.PathLike,
+    backbones: Iterable[Any],
+    out: str | os.PathLike,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    progress: bool = False,
+    max_frames: int | None = None,
+) -> dict[str, dict[str, int]]:
+    """Append features of the committed frames of ``frames_path`` to ``out``, one feature set per backbone.
+
+    :param frames_path: a ``pvrw.episodes`` file (``pvrw record``); may still be recording: its committed episodes
+        are extracted, a later run extends them.
+    :param backbones: FrozenBackbones (each with name, fingerprint, resolution, preprocessing, output_shape, embed).
+        A set already in ``out`` under a backbone's name must match it exactly, else it is refused.
+    :param out: the feature file, created if missing, resumed if present.
+    :param batch_size: frames per backbone call and per committed append.
+    :param dtype: storage dtype of new sets (``float32``, ``float16``, ``bfloat16``).
+    :param progress: show a tqdm bar per backbone.
+    :param max_frames: stop after this many frames of the dataset (``None``: all).
+    :returns: per set name, ``{"done_before": rows found, "extracted": rows added, "total": frames}``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    backbones = list(backbones)
+    names = [str(b.name) for b in backbones]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each backbone may appear once, got {names}")
+    report: dict[str, dict[str, int]] = {}
+    with EpisodeDataset(frames_path) as dataset, FeatureStore(out, "a") as store:
+        total = dataset.num_frames if max_frames is None else min(max_frames, dataset.num_frames)
+        store.require_episode_index(dataset.uuid, os.fspath(frames_path))
+        feature_sets = [store.require_set(FeatureSpec.from_backbone(b, dtype=dtype)) for b in backbones]
+        _copy_episode_index(dataset, store)
+        for backbone, feature_set in zip(backbones, feature_sets):
+            done = len(feature_set)
+            if done > dataset.num_frames:
+                raise RuntimeError(f"{out}: set {feature_set.name!r} has {done} rows but the dataset only {total} frames")
+            bar = _progress_bar(progress, feature_set.name, done, total)
+            start = done
+            try:
+                while start < total:
+                    stop = min(start + batch_size, total)
+                    frames = dataset.frames(start, stop)
+                    features = backbone.embed(frames, batch_size=batch_size)
+                    start = feature_set.append(features, hash_frames(frames))
+                    if bar is not None:
+                        bar.update(stop - bar.n)
+            finally:
+                if bar is not None:
+                    bar.close()
+            report[feature_set.name] = {"done_before": done, "extracted": start - done, "total": total}
+            logger.info("%s: %s rows %d..%d of %d", out, feature_set.name, done, start, total)
+    return report
+
+
+def _copy_episode_index(dataset: EpisodeDataset, store: FeatureStore) -> None:
+    have = store.num_episodes()
+    n = dataset.num_episodes
+    if have < n:
+        table = dataset.episode_table()
+        store.append_episodes(table["frame_start"][have:n], table["num_steps"][have:n] + 1)
+
+
+def _progress_bar(enabled: bool, name: str, done: int, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"extract {name}", unit="frame")
