@@ -6,7 +6,7 @@ Measured, not asserted. Run: ``python benchmarks/bench_replay_memory.py`` (about
    ``NStepReplayBuffer`` vs the DrQ-v2/DrM reference's per-step stacked storage, for pixels at 84/112/224 and each
    PVR's features (float32 and float16 storage), scaled to ``--buffer-size`` transitions.
 2. Speed, 112x112 pixels, frame stack 3, n_steps 3: both buffers get the same episodes (``--episode-length`` steps,
-   random frames); ``sample(256)`` and ``add()`` are timed in interleaved rounds, median reported.
+   random frames); ``sample(256)`` and ``add()`` are timed in interleaved rounds (random order), median reported.
 """
 
 from __future__ import annotations
@@ -77,9 +77,10 @@ def speed_table(capacity: int, episode_length: int, batch_size: int, rounds: int
     sample_times: dict[str, list[float]] = {name: [] for name in buffers}
     for buffer in buffers.values():
         buffer.sample(batch_size)  # warm-up
-    for _ in range(rounds):
-        for name, buffer in buffers.items():
-            sample_times[name] += timed(lambda b=buffer: b.sample(batch_size), 1)
+    names = list(buffers)
+    for _ in range(rounds):  # interleaved, in a fresh random order each round
+        for name in rng.permutation(names):
+            sample_times[name] += timed(lambda b=buffers[name]: b.sample(batch_size), 1)
 
     base = statistics.median(sample_times["SB3 NStepReplayBuffer"])
     lines = [
