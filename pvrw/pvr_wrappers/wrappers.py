@@ -174,12 +174,15 @@ def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return np.ascontiguousarray(padded[:, :, dy:dy + frames.shape[2], dx:dx + frames.shape[3]])
 
 
-def resolve_backbone(backbone: Any, frame_size: tuple[int, int], weights: Any = None, resolution: int | None = None,
+def resolve_backbone(backbone: Any, frame_size: tuple[int, int] | None, weights: Any = None, resolution: int | None = None,
                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, cache: Any = None,
                      **options: Any) -> Any:
     """A backbone name or object -> the object the wrappers call (wrapped in ``CachedBackbone`` if ``cache``)."""
     if isinstance(backbone, str):
         if resolution is None:
+            if frame_size is None:
+                raise ValueError(f"source='render': pass resolution= (the side {backbone} should see); the frame "
+                                 "size is not known before the first reset.")
             h, w = frame_size
             cfg = get_backbone_cfg(backbone)
             if h != w:
@@ -248,7 +251,7 @@ class PVRObservation(gym.ObservationWrapper):
                 raise ValueError(f"source='render' needs an env made with render_mode='rgb_array' (it has "
                                  f"{env.render_mode!r}).")
             self.layout: FrameLayout | None = None
-            frame_size = self._render_frames().shape[-2:]
+            frame_size = None  # known only after a reset; needed only when resolution must be inferred
         else:
             self.layout = rgb_layout(env.observation_space, channels_first)
             frame_size = (self.layout.height, self.layout.width)
