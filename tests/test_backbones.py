@@ -477,3 +477,31 @@ def test_register_user_module_and_timm_model(scratch_registry, tmp_path):
         return get_backbone_cfg("tiny_conv")
 
     assert "decorated" in list_backbones()
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_backbones_and_download(tv_resnet, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["backbones"])
+    assert result.exit_code == 0, result.output
+    for needle in ["resnet18", "dinov2_reg", "(3840,)", "(128, 14, 14)", "CC-BY-NC-4.0", "MISSING"]:
+        assert needle in result.output, needle
+    torch.save(tv_resnet.state_dict(), tmp_path / "weights" / "resnet18-f37072fd.pth")
+    result = runner.invoke(main, ["backbones", "res*", "-v", "-r", "84"])
+    assert result.exit_code == 0 and f"found: {tmp_path / 'weights'}" in result.output
+    assert "(128, 11, 11)" in result.output and "bn_mode=frozen|pieg" in result.output
+    assert runner.invoke(main, ["backbones", "nothing-like-this"]).exit_code != 0
+
+    def offline(url, dst, progress=True):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    result = runner.invoke(main, ["download", "vc1"])
+    assert result.exit_code != 0 and "could not download: vc1" in result.output
+    assert "Unknown backbone" in runner.invoke(main, ["download", "nope"]).output

@@ -25,6 +25,7 @@ _LAZY_EXPORTS = {
     # observation wrappers (wrappers.py)
     "PVRObservation": "pvrw.pvr_wrappers.wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers.wrappers",
+    "VectorPVRObservation": "pvrw.pvr_wrappers.wrappers",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)
