@@ -19,6 +19,12 @@ COMMANDS: dict[str, str] = {
     "record": "pvrw.cli.cache_cmd:record",
     "extract": "pvrw.cli.cache_cmd:extract",
     "cache": "pvrw.cli.cache_cmd:cache",
+    "train": "pvrw.cli.train_cmd:train",
+    "eval": "pvrw.cli.eval_cmd:eval_",
+    "plot": "pvrw.cli.plot_cmd:plot",
+    "sweep": "pvrw.cli.sweep_cmd:sweep",
+    "params": "pvrw.cli.params_cmd:params",
+    "bench": "pvrw.cli.bench_cmd:bench",
 }
 
 

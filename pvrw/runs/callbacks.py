@@ -54,6 +54,7 @@ class RunCallback(BaseCallback):
     :param episodes: training episodes finished before this ``learn`` call (resume).
     :param wall_time: seconds of training before this ``learn`` call (resume).
     :param progress: show a tqdm progress bar.
+    :param eval_seed: seed of each evaluation's first reset (every evaluation then sees the same tasks).
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class RunCallback(BaseCallback):
         episodes: int = 0,
         wall_time: float = 0.0,
         progress: bool = True,
+        eval_seed: int | None = None,
     ):
         super().__init__()
+        self.eval_seed = eval_seed
         self.run_dir, self.writer, self.status = run_dir, writer, status
         self.frames_per_step, self.total_frames = frames_per_step, total_frames
         self.eval_env, self.eval_every, self.eval_episodes, self.video = eval_env, eval_every, eval_episodes, video
@@ -158,7 +161,9 @@ class RunCallback(BaseCallback):
         if self.eval_env is None or self.last_eval_frames == self.frames:
             return self.last_eval
         video_path = self.run_dir.videos / f"eval_{self.frames:010d}.mp4" if self.video else None
-        result = evaluate(self.model, self.eval_env, self.eval_episodes, video_path=video_path)
+        result = evaluate(
+            self.model, self.eval_env, self.eval_episodes, video_path=video_path, seed=self.eval_seed
+        )
         dormant = dormant_ratio(self.model)
         self.writer.write(
             kind="eval",

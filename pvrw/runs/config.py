@@ -58,6 +58,8 @@ class RunConfig:
     """backbone weights: a file path, 'random' (smoke tests only), or null to resolve the pretrained weights"""
     device: str = "auto"
     """torch device for the agent and the backbone: auto, cpu, cuda, cuda:1, ..."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default). 1 is much faster on a CPU shared with other jobs"""
     policy: str | None = None
     """policy class name; null picks it from the observation (CnnPolicy / PiegPolicy / MlpPolicy)"""
     eval_every: int = 10_000
@@ -101,7 +103,7 @@ class RunConfig:
         """Runs whose configs differ only by seed share this key (for averaging over seeds)."""
         d = self.to_dict()
         d.pop("seed")
-        for k in ("device", "video", "checkpoint_every", "save_replay_buffer"):
+        for k in ("device", "threads", "video", "checkpoint_every", "save_replay_buffer"):
             d.pop(k)
         return yaml.safe_dump(d, sort_keys=True)
 
@@ -119,7 +121,7 @@ class RunConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
-        for key in ("seed", "eval_every", "checkpoint_every"):
+        for key in ("seed", "eval_every", "checkpoint_every", "threads"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{key}: must be a non-negative integer, got {value!r}")
@@ -170,10 +172,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "resolution": 64,
         "frames": 3_000,
+        "threads": 1,
         "eval_every": 1_500,
         "eval_episodes": 1,
         "checkpoint_every": 1_500,
-        "env_kwargs": {"max_episode_steps": 100},
+        "env_kwargs": {"max_episode_steps": 100, "render_quality": "fast"},
         "algo_kwargs": {"buffer_size": 10_000, "batch_size": 32, "learning_starts": 250},
     },
 }
@@ -241,24 +244,39 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def build_config(
     *layers: dict[str, Any] | None,
     preset: str | None = None,
+    layer_names: list[str] | None = None,
 ) -> RunConfig:
     """Resolve a :class:`RunConfig` from defaults, an optional preset, then each layer in order (later wins).
 
     Each layer is a dict of overrides in :func:`apply_overrides` form (YAML file contents, command-line options).
+    Bare algorithm arguments are checked against the algorithm the layers finally select.
+
+    :param layer_names: where each layer came from (e.g. the config file's path), to prefix its errors.
     """
-    data = RunConfig().to_dict()
-    all_layers: list[dict[str, Any]] = []
+    names = list(layer_names or [])
+    named: list[tuple[str | None, dict[str, Any]]] = []
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        all_layers.append(PRESETS[preset])
-    all_layers.extend(layer for layer in layers if layer)
-    for layer in all_layers:
-        algo = layer.get("algo", data["algo"])
-        if algo not in ALGOS:
-            raise ConfigError(f"algo: unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
-        data = apply_overrides(data, layer, algo)
-    return RunConfig(**data).validate()
+        named.append((f"preset {preset}", PRESETS[preset]))
+    for i, layer in enumerate(layers):
+        if layer:
+            named.append((names[i] if i < len(names) else None, layer))
+    algo = RunConfig.algo
+    for _, layer in named:
+        algo = layer.get("algo", algo)
+    if algo not in ALGOS:
+        raise ConfigError(f"algo: unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
+    data = RunConfig().to_dict()
+    for name, layer in named:
+        try:
+            data = apply_overrides(data, layer, algo)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}" if name else str(err)) from None
+    try:
+        return RunConfig(**data).validate()
+    except TypeError as err:  # a value of the wrong type reached a dataclass field
+        raise ConfigError(str(err)) from None
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -14,8 +13,6 @@ from pvrw.runs.evaluation import FrameRecorder
 #: seed offset of evaluation envs, so that evaluation goals are not the training goals' sequence
 EVAL_SEED_OFFSET = 10_000
 
-# keyword names make_env may use for its deterministic (fixed goals) evaluation mode, first found wins
-_FIXED_GOAL_KWARGS = ("fixed_goals", "eval_mode", "deterministic_tasks", "evaluation")
 
 
 def resolve_device(device: str) -> str:
@@ -27,10 +24,22 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def preload_torch_compiler() -> None:
+    """Import torch's compiler stack (triton) before MuJoCo's OSMesa context exists.
+
+    Importing triton after an OSMesa (llvmpipe) renderer was created segfaults the process (both bundle LLVM);
+    SB3/torch import it lazily on the first optimizer construction, i.e. after the envs are made, and importing
+    ``pvrw.pvr_wrappers`` (mujoco with MUJOCO_GL=osmesa) already loads OSMesa. Call this before either.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # no compiler stack on this install: nothing to order
+        pass
+
+
 def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:
     from pvrw.pvr_wrappers import make_env
 
-    params = inspect.signature(make_env).parameters
     kwargs: dict[str, Any] = {
         "resolution": config.resolution,
         "frame_stack": config.frame_stack,
@@ -38,16 +47,12 @@ def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:
         "seed": seed,
     }
     if evaluation:
-        for name in _FIXED_GOAL_KWARGS:
-            if name in params:
-                kwargs[name] = True
-                break
+        kwargs["goal_mode"] = "fixed"  # the 50 MT1 configurations in a deterministic cycle
     kwargs.update(config.env_kwargs)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    bad = sorted(k for k in config.env_kwargs if k not in params and not accepts_any)
-    if bad:
-        raise ConfigError(f"env_kwargs.{bad[0]}: not an argument of make_env; valid: {', '.join(params)}")
-    return make_env(config.env, **kwargs)
+    try:
+        return make_env(config.env, **kwargs)
+    except (ValueError, KeyError, TypeError) as err:  # unknown task, bad env_kwargs value or name
+        raise ConfigError(f"env {config.env!r} with env_kwargs {config.env_kwargs}: {err}") from None
 
 
 def _gymnasium_env(config: RunConfig, seed: int, needs_frames: bool) -> gym.Env:
@@ -74,10 +79,11 @@ def make_run_env(
 ) -> gym.Env:
     """The (single) env of a run: pixels from make_env / gymnasium.make, then PVR features if ``config.pvr``.
 
-    :param evaluation: build the evaluation env: another seed, and make_env's fixed-goal mode when it has one.
+    :param evaluation: build the evaluation env: another seed, and (Meta-World) make_env's ``goal_mode="fixed"``.
     :param record_frames: put a :class:`FrameRecorder` under the feature wrapper (for videos).
     :param backbone: a backbone already built by :func:`make_backbone`, shared by the train and eval envs.
     """
+    preload_torch_compiler()
     seed = config.seed + (EVAL_SEED_OFFSET if evaluation else 0)
     uses_pvr = config.pvr != "none"
     if config.is_metaworld:
@@ -103,6 +109,7 @@ def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
     if config.pvr == "none":
         return None
+    preload_torch_compiler()
     from pvrw.pvr_wrappers import create_backbone, list_backbones
 
     known = list(list_backbones())

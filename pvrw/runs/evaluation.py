@@ -97,10 +97,13 @@ def evaluate(
     deterministic: bool = True,
     video_path: str | os.PathLike | None = None,
     video_fps: int = 30,
+    seed: int | None = None,
 ) -> EvalResult:
     """Run ``n_episodes`` episodes of ``model`` on the (non-vectorised) ``env``.
 
     :param model: anything with SB3's ``predict(obs, deterministic=...)``.
+    :param seed: seed of the first reset, so that every evaluation sees the same tasks (with make_env's
+        ``goal_mode="fixed"`` it restarts the cycle through the fixed configurations).
     :param video_path: if given, the first episode is written there as a video (needs a :class:`FrameRecorder`
         in the wrapper chain, or an env whose ``render()`` returns frames).
     """
@@ -110,7 +113,7 @@ def evaluate(
     rewards, lengths, successes, finals = [], [], [], []
     frames: list[np.ndarray] = []
     for episode in range(n_episodes):
-        obs, info = env.reset()
+        obs, info = env.reset(seed=seed) if episode == 0 and seed is not None else env.reset()
         done, total, length = False, 0.0, 0
         any_success: float | None = None
         final: float | None = None

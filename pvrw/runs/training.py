@@ -61,7 +61,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
 
     from pvrw.runs.callbacks import RunCallback
     from pvrw.runs.checkpoint import latest_checkpoint, load_checkpoint
-    from pvrw.runs.envs import make_backbone, make_run_env, resolve_device
+    from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
     from pvrw.runs.metrics import MetricsWriter, truncate_metrics
 
     config.validate()
@@ -76,6 +76,10 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     status.state, status.total_frames, status.attempts, status.error = RUNNING, config.frames, status.attempts + 1, None
     status.write(rd)
 
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     env = eval_env = writer = None
     try:
         backbone = make_backbone(config)
@@ -111,6 +115,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
             episodes=episodes,
             wall_time=wall_time,
             progress=progress,
+            eval_seed=config.seed + EVAL_SEED_OFFSET,
         )
         remaining = config.total_timesteps - model.num_timesteps
         if remaining > 0:

@@ -1,0 +1,64 @@
+"""Helpers shared by the run commands: user errors as one line, config layering from options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pvrw.runs.config import ALGOS, ConfigError, PRESETS, parse_override, read_yaml
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's user errors into one-line click errors (exit 2 for bad input, 1 for missing things)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from None
+        except FileNotFoundError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise SystemExit(130) from None
+        except Exception as err:
+            if type(err).__name__ == "WeightsNotFoundError":  # pvrw.pvr_wrappers.weights, imported only when used
+                raise click.ClickException(str(err)) from None
+            raise
+
+    return wrapper
+
+
+def config_layers(
+    config_file: str | None, options: dict[str, Any], set_items: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The override layers of a command line, lowest precedence first: ``--config`` file, options, ``--set``.
+
+    :param options: option values; ``None`` means "not given" and is left out.
+    :return: the layers and their names (for :func:`~pvrw.runs.config.build_config`).
+    """
+    layers: list[dict[str, Any]] = []
+    names: list[str] = []
+    if config_file:
+        data = read_yaml(config_file)
+        if "preset" in data:
+            raise ConfigError(f"{config_file}: 'preset' is a command-line option (--preset), not a config key")
+        layers.append(data)
+        names.append(f"config file {config_file}")
+    layers.append({k: v for k, v in options.items() if v is not None})
+    names.append("options")
+    overrides: dict[str, Any] = {}
+    for item in set_items:
+        key, value = parse_override(item)
+        overrides[key] = value
+    layers.append(overrides)
+    names.append("--set")
+    return layers, names
+
+
+ALGO_CHOICE = click.Choice(sorted(ALGOS))
+PRESET_CHOICE = click.Choice(sorted(PRESETS))

@@ -1,0 +1,141 @@
+"""``pvrw params``: trainable parameters and replay memory of every study variant."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from pvrw.cli._common import user_errors
+
+#: (label, pvr name or None for pixels) of the study's variants
+STUDY_VARIANTS: tuple[tuple[str, str | None], ...] = (
+    ("DrM pixels", None),
+    ("PIE-G ResNet18", "resnet18"),
+    ("DINOv2", "dinov2"),
+    ("DINOv2 reg", "dinov2_reg"),
+    ("VC-1", "vc1"),
+)
+
+
+def variant_rows(
+    resolutions: list[int],
+    frame_stack: int = 3,
+    action_dim: int = 4,
+    variant: str = "drm",
+    buffer_size: int = 1_000_000,
+    storage_dtype: str | None = None,
+    feature_dim: int = 50,
+    hidden_dim: int = 1024,
+) -> list[dict[str, Any]]:
+    """One row per (study variant, resolution): observation shape, trainable parameters, replay memory.
+
+    Parameter counts come from :func:`pvrw.drm.trainable_parameter_counts` (networks built on the meta device),
+    per-frame feature shapes from the backbone registry, memory from :func:`pvrw.drm.replay_memory.replay_memory_report`.
+    """
+    import numpy as np
+    from gymnasium import spaces
+
+    from pvrw.drm import VARIANT_DEFAULTS, trainable_parameter_counts
+    from pvrw.drm.replay_memory import replay_memory_report
+    from pvrw.pvr_wrappers import get_backbone_cfg
+
+    action_space = spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+    n_steps = VARIANT_DEFAULTS[variant]["n_steps"]
+    rows = []
+    for label, pvr in STUDY_VARIANTS:
+        for resolution in resolutions:
+            if pvr is None:
+                policy, dtype = "CnnPolicy", None
+                space = spaces.Box(0, 255, (3 * frame_stack, resolution, resolution), np.uint8)
+            else:
+                shape = tuple(get_backbone_cfg(pvr).output_shape(resolution))
+                policy = "PiegPolicy" if len(shape) == 3 else "MlpPolicy"
+                dtype = np.dtype(storage_dtype) if storage_dtype else None
+                space = spaces.Box(-np.inf, np.inf, (frame_stack, *shape), np.float32)
+            counts = trainable_parameter_counts(
+                space, action_dim, policy=policy, variant=variant, feature_dim=feature_dim, hidden_dim=hidden_dim
+            )
+            memory = replay_memory_report(
+                space, action_space, n_steps, buffer_size, storage_dtype=dtype, label=f"{label} @{resolution}"
+            )
+            rows.append(
+                {
+                    "variant": label,
+                    "pvr": pvr or "none",
+                    "resolution": resolution,
+                    "policy": policy,
+                    "observation_shape": list(space.shape),
+                    "params": counts,
+                    "replay_storage_dtype": memory.storage_dtype,
+                    "replay_bytes_per_transition": memory.drm_bytes_per_transition,
+                    "replay_gb": memory.drm_total_bytes / 1e9,
+                    "sb3_replay_gb": memory.sb3_total_bytes / 1e9,
+                    "reference_replay_gb": memory.reference_total_bytes / 1e9,
+                }
+            )
+    return rows
+
+
+@click.command("params")
+@click.option("--resolution", "resolutions", default="112,224", show_default=True, help="Comma-separated resolutions.")
+@click.option("--frame-stack", type=click.IntRange(min=1), default=3, show_default=True, help="Frames per observation.")
+@click.option("--action-dim", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Action dimension (Meta-World: 4).")  # fmt: skip
+@click.option("--variant", type=click.Choice(["drm", "drm_mw"]), default="drm", show_default=True,
+              help="DrM variant (heads and n-step differ).")  # fmt: skip
+@click.option("--feature-dim", type=click.IntRange(min=1), default=50, show_default=True, help="DrM trunk output size.")
+@click.option("--hidden-dim", type=click.IntRange(min=1), default=1024, show_default=True, help="DrM head width.")
+@click.option("--buffer-size", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Replay capacity (transitions) the memory column is given for.")  # fmt: skip
+@click.option("--float16", "float16", is_flag=True, help="Store PVR embeddings as float16 in the replay buffer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@user_errors
+def params(
+    resolutions: str,
+    frame_stack: int,
+    action_dim: int,
+    variant: str,
+    feature_dim: int,
+    hidden_dim: int,
+    buffer_size: int,
+    float16: bool,
+    as_json: bool,
+) -> None:
+    """Trainable parameters of every study variant (DrM on pixels, PIE-G ResNet18, DINOv2, DINOv2 with registers,
+    VC-1) at each resolution, and the replay memory a buffer of --buffer-size transitions needs.
+
+    Frozen backbones are not trainable and not counted; the agent's encoder column is the DrQ-v2 CNN (pixels),
+    the PIE-G head (ResNet18 maps) or nothing (CLS features). Memory is measured on buffers actually allocated
+    (pvrw.drm.replay_memory): DrMReplayBuffer stores each frame once; SB3's ReplayBuffer stores obs and next_obs
+    stacked.
+    """
+    try:
+        res_list = [int(r) for r in resolutions.split(",") if r.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {resolutions!r}", param_hint="--resolution") from None
+    rows = variant_rows(
+        res_list, frame_stack, action_dim, variant, buffer_size, "float16" if float16 else None, feature_dim, hidden_dim
+    )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = (
+        f"{'variant':<16}{'res':>5}  {'observation':<16}{'encoder':>12}{'actor':>12}{'critic':>12}{'value':>12}"
+        f"{'total':>13}{'replay GB':>11}{'SB3 GB':>9}"
+    )
+    click.echo(f"DrM ({variant}) trainable parameters; replay memory for {buffer_size:,} transitions")
+    click.echo(header)
+    click.echo("-" * len(header))
+    for r in rows:
+        p = r["params"]
+        shape = "x".join(map(str, r["observation_shape"]))
+        click.echo(
+            f"{r['variant']:<16}{r['resolution']:>5}  {shape:<16}{p['encoder']:>12,}{p['actor']:>12,}{p['critic']:>12,}"
+            f"{p['value_net']:>12,}{p['total']:>13,}{r['replay_gb']:>11.2f}{r['sb3_replay_gb']:>9.2f}"
+        )
+    click.echo(
+        f"(replay: DrMReplayBuffer, {rows[0]['replay_storage_dtype'] if rows else ''} pixels / "
+        f"{'float16' if float16 else 'float32'} embeddings; SB3: ReplayBuffer with stacked obs and next_obs)"
+    )

@@ -1,0 +1,48 @@
+"""``pvrw plot``: learning curves of runs, mean +- std over seeds, one line per variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pvrw.cli._common import user_errors
+
+
+def _expand(paths: tuple[str, ...]) -> list[Path]:
+    """Run directories among PATHS; a directory that is not a run is searched for runs below it (a sweep root)."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            found = sorted(c.parent for c in p.rglob("config.yaml"))
+            if not found:
+                raise click.UsageError(f"{p} holds no run directory (no config.yaml below it)")
+            runs.extend(found)
+        else:
+            raise click.UsageError(f"{p} does not exist")
+    return runs
+
+
+@click.command("plot")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default="plot.png", show_default=True,
+              help="Figure file (.png, .pdf, .svg).")  # fmt: skip
+@click.option("--title", default=None, help="Figure title.")
+@user_errors
+def plot(run_dirs: tuple[str, ...], out: str, title: str | None) -> None:
+    """Plot RUN_DIRS (run directories, or sweep roots searched for runs) into one figure.
+
+    Runs whose configs differ only by seed are one line: their mean, with a shaded band of +-1 std over seeds.
+    Panels: episode reward, success rate (any step) and actor dormant ratio against frames, one row per task.
+    Evaluation rows are plotted; a run without any uses its training episodes.
+    """
+    from pvrw.runs.plotting import group_runs, load_run, plot_runs
+
+    runs = _expand(run_dirs)
+    path = plot_runs(runs, out, title=title)
+    groups = group_runs([load_run(r) for r in runs])
+    click.echo(f"{len(runs)} runs, {len(groups)} lines -> {path}")
+    for g in groups:
+        click.echo(f"  {g.env:<28} {g.label:<30} seeds: {sorted(r.config.seed for r in g.runs)}")

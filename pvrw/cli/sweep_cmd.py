@@ -1,0 +1,105 @@
+"""``pvrw sweep``: the study's grid as a queue of independent runs, skipping finished ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pvrw.cli._common import ALGO_CHOICE, PRESET_CHOICE, config_layers, user_errors
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(name: str, value: str) -> list[int]:
+    try:
+        return [int(v) for v in _split(value)]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
+
+
+@click.command("sweep")
+@click.option("--tasks", default="push-v3,drawer-open-v3", show_default=True,
+              help="Comma-separated tasks (Meta-World names, or full env ids).")  # fmt: skip
+@click.option("--pvr", "pvrs", default="all", show_default=True,
+              help="Comma-separated observation variants, or 'all' = none,resnet18,dinov2,dinov2_reg,vc1.")  # fmt: skip
+@click.option("--resolution", "resolutions", default="112,224", show_default=True, help="Comma-separated resolutions.")
+@click.option("--seeds", default="5", show_default=True,
+              help="Number of seeds (0..N-1), or a comma-separated list of seeds (e.g. '3,4').")  # fmt: skip
+@click.option("--algo", type=ALGO_CHOICE, default="drm", show_default=True, help="Algorithm of every run.")
+@click.option("--frames", type=int, default=None, help="Budget of every run in frames. [default: the study's]")
+@click.option("--weights", default=None, help="Backbone weights for every PVR run ('random': smoke tests only).")
+@click.option("--device", default=None, help="Torch device of every run. [default: auto]")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key or algorithm argument in every run (repeatable; see `pvrw train --help`).")  # fmt: skip
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML config applied to every run (grid keys are set per run).")  # fmt: skip
+@click.option("--preset", type=PRESET_CHOICE, default=None, help="Named settings for every run (see `pvrw train`).")
+@click.option("--root", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
+              help="Directory of the sweep: ROOT/<task>/<algo>_<pvr>_<res>/seed_<n>, and ROOT/sweep.json.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="List the runs and their status; train nothing.")
+@click.option("--keep-going/--stop-on-error", default=True, show_default=True,
+              help="After a failed run, go on with the next one, or stop.")  # fmt: skip
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar per run. [default: progress]")
+@user_errors
+def sweep(
+    tasks: str,
+    pvrs: str,
+    resolutions: str,
+    seeds: str,
+    algo: str,
+    config_file: str | None,
+    preset: str | None,
+    set_items: tuple[str, ...],
+    root: str,
+    dry_run: bool,
+    keep_going: bool,
+    progress: bool,
+    **options: Any,
+) -> None:
+    """Run a grid of tasks x observation variants x resolutions x seeds, one run after another on this machine.
+
+    Each cell is an ordinary run directory (so `pvrw plot ROOT` and `pvrw eval` work on it). Finished runs are
+    skipped and unfinished ones resume from their last checkpoint, so re-running the same command after a crash
+    or a kill completes the grid. ROOT/sweep.json lists every run with its status.
+    """
+    from pvrw.runs.sweep import STUDY_PVRS, expand_grid, run_local, write_index
+    from pvrw.runs.layout import RunDir, RunStatus
+
+    pvr_list = list(STUDY_PVRS) if pvrs.strip() == "all" else _split(pvrs)
+    seed_values = _ints("--seeds", seeds)
+    seed_list = list(range(seed_values[0])) if len(seed_values) == 1 and "," not in seeds else seed_values
+    if not seed_list:
+        raise click.BadParameter("no seeds", param_hint="--seeds")
+    layers, _ = config_layers(config_file, options, set_items)
+    base: dict[str, Any] = {}
+    for layer in layers:
+        base.update(layer)
+    runs = expand_grid(
+        root, _split(tasks), pvr_list, _ints("--resolution", resolutions), seed_list, algo=algo, base=base, preset=preset
+    )
+    if not runs:
+        raise click.UsageError("the grid is empty: give at least one task, pvr, resolution and seed")
+    if dry_run:
+        for run in runs:
+            status = RunStatus.read(RunDir(run.run_dir))
+            click.echo(f"{status.state:<9} {status.frames:>10,}/{run.config.frames:<10,} {run.run_dir}")
+        if Path(root).is_dir():
+            write_index(root, runs)
+        click.echo(f"{len(runs)} runs")
+        return
+
+    def report(run, event: str) -> None:
+        words = {"skip": "skip (finished)", "start": "run", "done": "done", "fail": "FAILED"}
+        click.echo(f"[{words[event]}] {run.run_dir}")
+
+    counts = run_local(runs, root, progress=progress, stop_on_error=not keep_going, on_run=report)
+    click.echo(
+        f"{len(runs)} runs: {counts['skipped']} already finished, {counts['finished']} finished now, "
+        f"{counts['failed']} failed; index: {Path(root) / 'sweep.json'}"
+    )
+    if counts["failed"]:
+        raise SystemExit(1)

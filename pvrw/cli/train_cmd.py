@@ -1,0 +1,188 @@
+"""``pvrw train``: one training run, written to a self-describing run directory, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pvrw.cli._common import ALGO_CHOICE, PRESET_CHOICE, config_layers, user_errors
+from pvrw.runs.config import RunConfig, build_config, load_config
+
+_D = RunConfig()  # the study's defaults, quoted in the help
+
+
+def _hyper(name: str, key: str, type_: Any, help_: str):
+    return click.option(name, key, type=type_, default=None, help=help_)
+
+
+@click.command("train", context_settings={"show_default": False})
+@click.option("--algo", type=ALGO_CHOICE, default=None, help=f"Algorithm: DrM or SB3's SAC/TD3. [default: {_D.algo}]")
+@click.option(
+    "--env", default=None, help=f"Task: metaworld/<task-v3> (pixels via pvrw.make_env) or a Gymnasium id. [default: {_D.env}]"
+)
+@click.option(
+    "--pvr",
+    default=None,
+    help="Observation: 'none' (pixels, the agent trains its own CNN) or a frozen backbone: resnet18, dinov2, "
+    f"dinov2_reg, vc1 (see `pvrw backbones`). [default: {_D.pvr}]",
+)
+@click.option("--resolution", type=int, default=None, help=f"Rendered image side in pixels. [default: {_D.resolution}]")
+@click.option("--seed", type=int, default=None, help=f"Seed of the agent and env. [default: {_D.seed}]")
+@click.option(
+    "--frames",
+    type=int,
+    default=None,
+    help=f"Budget in environment frames = agent steps x action repeat. [default: {_D.frames:,}]",
+)
+@click.option("--frame-stack", type=int, default=None, help=f"Stacked frames per observation. [default: {_D.frame_stack}]")
+@click.option("--action-repeat", type=int, default=None, help=f"Simulator steps per agent step. [default: {_D.action_repeat}]")
+@click.option(
+    "--weights",
+    default=None,
+    help="Backbone weights: a file, or 'random' (smoke tests only, NOT a pretrained representation). "
+    "[default: the pretrained weights, found as `pvrw backbones` reports]",
+)
+@click.option("--device", default=None, help=f"Torch device: auto, cpu, cuda, cuda:1... [default: {_D.device}]")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads, 0 for torch's default; 1 is much faster "
+              "on a CPU shared with other jobs. [default: 0]")  # fmt: skip
+@click.option("--policy", default=None, help="Policy class name. [default: CnnPolicy on pixels, PiegPolicy on resnet18 "
+              "maps (DrM), MlpPolicy on features]")  # fmt: skip
+@click.option("--eval-every", type=int, default=None, help=f"Evaluate every N frames (0: at the end only). [default: {_D.eval_every:,}]")
+@click.option("--eval-episodes", type=int, default=None, help=f"Episodes per evaluation. [default: {_D.eval_episodes}]")
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=None,
+    help=f"Save model + replay buffer every N frames (0: at the end only). [default: {_D.checkpoint_every:,}]",
+)
+@click.option("--video/--no-video", default=None, help="Record the first episode of each evaluation. [default: video]")
+@_hyper("--variant", "variant", click.Choice(["drm", "drm_mw"]), "DrM variant: the original agent (drm, the study's) "
+        "or the Meta-World rewrite (drm_mw), each with its reference hyper-parameters. [default: drm]")  # fmt: skip
+@_hyper("--batch-size", "batch_size", int, "Minibatch size. [default: the algorithm's; DrM 256]")
+@_hyper("--learning-rate", "learning_rate", float, "Learning rate. [default: the algorithm's; DrM 1e-4]")
+@_hyper("--buffer-size", "buffer_size", int, "Replay buffer capacity in transitions. [default: 1,000,000]")
+@_hyper("--learning-starts", "learning_starts", int, "Agent steps before the first update. [default: the algorithm's; DrM 2000]")
+@click.option(
+    "--set",
+    "set_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any config key or algorithm argument (repeatable), e.g. --set n_steps=10 "
+    "--set stddev_schedule='linear(1.0,0.1,500000)' --set policy_kwargs.hidden_dim=256 "
+    "--set env_kwargs.camera=corner2. Values are YAML. Unknown keys are errors.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML file of config keys (as in a run's config.yaml); options and --set override it.",
+)
+@click.option(
+    "--preset",
+    type=PRESET_CHOICE,
+    default=None,
+    help="Named settings under the config file: 'study' (the defaults) or 'smoke' (a CPU-minutes run at 64 px with "
+    "a small budget, batch and buffer: it checks the pipeline end to end, it does NOT learn the task).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory to create. [default: runs/<task>/<algo>_<pvr>_<resolution>/seed_<seed>]",
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Continue the run in this directory from its last checkpoint (model, replay buffer, step count; "
+    "metrics.csv is cut back to the checkpoint). Options may change its budget, evaluation and device.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar. [default: progress]")
+@user_errors
+def train(
+    config_file: str | None,
+    preset: str | None,
+    set_items: tuple[str, ...],
+    out: str | None,
+    resume: str | None,
+    progress: bool,
+    variant: str | None,
+    batch_size: int | None,
+    learning_rate: float | None,
+    buffer_size: int | None,
+    learning_starts: int | None,
+    **options: Any,
+) -> None:
+    """Train an agent on pixels or on frozen pretrained features, writing a run directory.
+
+    The run directory holds config.yaml (the resolved configuration), metrics.csv (one row per training episode
+    and per evaluation: reward, success at any step and at the final step, dormant ratio, frames, wall time),
+    TensorBoard events (tb/), checkpoints/ (model + replay buffer), videos/ and plot.png. Defaults are the
+    study's settings; precedence is defaults < --preset < --config < options < --set.
+
+    \b
+    Examples:
+      pvrw train --env metaworld/push-v3 --pvr dinov2 --resolution 224 --seed 1
+      pvrw train --preset smoke --out runs/smoke          # a few CPU minutes, end to end
+      pvrw train --resume runs/smoke --frames 6000        # continue (or extend) a run
+    """
+    hyper = {
+        "variant": variant,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "buffer_size": buffer_size,
+        "learning_starts": learning_starts,
+    }
+    options.update({k: v for k, v in hyper.items() if v is not None})
+    layers, names = config_layers(config_file, options, set_items)
+    if resume:
+        run_dir = Path(resume)
+        if out is not None and Path(out) != run_dir:
+            raise click.UsageError("--out and --resume name different directories; --resume continues in place")
+        if not (run_dir / "config.yaml").is_file():
+            raise click.UsageError(f"--resume {resume}: not a run directory (no config.yaml); start it with --out")
+        if preset is not None:
+            raise click.UsageError("--preset applies to new runs only; a resumed run keeps its config.yaml")
+        config = build_config(load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names])
+    else:
+        config = build_config(*layers, preset=preset, layer_names=names)
+        from pvrw.runs.sweep import run_dir_name
+
+        run_dir = Path(out) if out else Path("runs") / run_dir_name(config)
+        if (run_dir / "config.yaml").is_file():
+            raise click.UsageError(
+                f"{run_dir} already holds a run; continue it with `pvrw train --resume {run_dir}` "
+                "or choose another --out"
+            )
+    _announce(config, run_dir, resumed=bool(resume))
+    from pvrw.runs.training import run_training
+
+    status = run_training(config, run_dir, progress=progress)
+    click.echo(f"finished {status.frames:,} frames in {status.wall_time:.0f} s of training -> {run_dir}")
+    _summary(run_dir)
+
+
+def _announce(config: RunConfig, run_dir: Path, resumed: bool) -> None:
+    what = f"{config.algo} on {config.env} ({'pixels' if config.pvr == 'none' else config.pvr}) @{config.resolution}"
+    click.echo(f"{'resuming' if resumed else 'training'} {what}, seed {config.seed}, {config.frames:,} frames -> {run_dir}")
+    if config.weights == "random" and config.pvr != "none":
+        click.echo("WARNING: --weights random: the backbone is randomly initialised, NOT pretrained (smoke test only)")
+
+
+def _summary(run_dir: Path) -> None:
+    from pvrw.runs.metrics import read_metrics
+
+    evals = read_metrics(run_dir / "metrics.csv", kind="eval")
+    if not evals:
+        return
+    last = evals[-1]
+    parts = [f"reward {last['reward']:.1f}"]
+    if last.get("success") is not None:
+        parts.append(f"success any-step {last['success']:.2f}, final-step {last['success_final']:.2f}")
+    if last.get("dormant_ratio") is not None:
+        parts.append(f"dormant ratio {last['dormant_ratio']:.3f}")
+    click.echo(f"last evaluation ({last['episodes']} episodes at {last['frames']:,} frames): " + "; ".join(parts))
+
