@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import click
 
@@ -62,6 +62,7 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
 def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, action_repeat, render_quality, algo):
     """Record frames, actions, rewards, dones and success of a policy to an HDF5 episode dataset."""
     with _user_errors():
+        _preload_torch_compiler()
         from pvrw.feature_cache.recording import load_sb3_model, make_policy, record_episodes
         from pvrw.pvr_wrappers.metaworld_env import make_env
 
@@ -90,7 +91,7 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
             fn = make_policy("model" if model is not None else policy, env, seed=seed, model=model)
             summary = record_episodes(
                 env, fn, episodes, out, seed=seed, progress=True,
-                env_id=env_id, policy=policy, resolution=resolution, action_repeat=action_repeat,
+                attrs=dict(env_id=env_id, policy=policy, resolution=resolution, action_repeat=action_repeat),
             )
         finally:
             env.close()
@@ -98,6 +99,15 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
         f"recorded {summary['episodes']} episodes to {out}: mean return {summary['mean_return']:.2f},"
         f" success rate {summary['success_rate']:.2f}"
     )
+
+
+def _preload_torch_compiler() -> None:
+    """Import torch's compiler stack before MuJoCo's OSMesa: importing it after (as loading a model's optimizer
+    does) segfaults the process, both bundle LLVM."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:
+        pass
 
 
 def _algorithm_class(name: str) -> type:
@@ -229,5 +239,7 @@ def repair(file):
         from pvrw.feature_cache import _h5
 
         kind = _file_kind(file)
+        if kind not in ("pvrw.features", "pvrw.episodes"):
+            raise click.ClickException(f"{file} is not a pvrw feature file or episode dataset; nothing to repair")
         _h5.open_for_writing(file, kind).close()
     click.echo(f"{file}: ok")

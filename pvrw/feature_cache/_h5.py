@@ -19,8 +19,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -244,7 +245,7 @@ class Table:
         self.counter = group[COUNTER]
 
     @staticmethod
-    def create(group: h5py.Group, n_slots: int) -> "Table":
+    def create(group: h5py.Group, n_slots: int) -> Table:
         group.create_dataset(COUNTER, data=np.zeros(n_slots, dtype=np.int64), dtype=np.int64)
         return Table(group)
 

@@ -76,7 +76,7 @@ class _SharedStores:
 
 
 _SHARED = _SharedStores()
-_LIVE: "weakref.WeakSet[CachedBackbone]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[CachedBackbone] = weakref.WeakSet()
 
 
 @atexit.register
@@ -267,7 +267,7 @@ class CachedBackbone:
         except Exception:  # never raise from the garbage collector; an unflushed tail is only lost cache rows
             logger.exception("could not flush feature cache %s", self.__dict__.get("path"))
 
-    def __enter__(self) -> "CachedBackbone":
+    def __enter__(self) -> CachedBackbone:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable
-
-import numpy as np
+from collections.abc import Iterable
+from typing import Any
 
 from pvrw.feature_cache.content_cache import hash_frames
 from pvrw.feature_cache.recording import EpisodeDataset

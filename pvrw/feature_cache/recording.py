@@ -24,7 +24,8 @@ import logging
 import os
 import uuid
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -148,7 +149,7 @@ class EpisodeWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "EpisodeWriter":
+    def __enter__(self) -> EpisodeWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -230,40 +231,45 @@ class EpisodeDataset:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "EpisodeDataset":
+    def __enter__(self) -> EpisodeDataset:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-def _sb3_algorithm_class(path: str) -> type:
-    """The SB3 algorithm class that saved ``path``, read from the policy class recorded in the zip."""
+def _candidate_algorithms(path: str) -> list[type]:
+    """SB3 algorithm classes that may have saved ``path``, most likely first (from the policy class in the zip)."""
     try:
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
         module = data["policy_class"]["__module__"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path} is not a Stable-Baselines3 model zip ({error})") from None
+    import stable_baselines3 as sb3
+
     if module.startswith("pvrw.drm"):
         from pvrw.drm import DrM
 
-        return DrM
-    import stable_baselines3 as sb3
-
+        return [DrM]
+    on_policy, off_policy = [sb3.PPO, sb3.A2C], [sb3.SAC, sb3.TD3, sb3.DDPG, sb3.DQN]
     package = module.split(".")[1] if module.startswith("stable_baselines3.") else ""
-    for name in dir(sb3):
-        cls = getattr(sb3, name)
-        if isinstance(cls, type) and name.lower() == package:
-            return cls
-    raise ValueError(f"cannot tell which algorithm saved {path} (policy module {module}); pass the algorithm class")
+    by_module = [cls for cls in off_policy if cls.__name__.lower() == package]
+    return by_module or on_policy  # on-policy algorithms share stable_baselines3.common.policies
 
 
 def load_sb3_model(path: str | os.PathLike, algorithm: type | None = None) -> Any:
-    """Load a Stable-Baselines3 model zip (DrM or any SB3 algorithm), CPU."""
+    """Load a Stable-Baselines3 model zip (DrM or any SB3 algorithm) on the CPU; the class is inferred if not given."""
     path = os.fspath(path)
-    algorithm = algorithm or _sb3_algorithm_class(path)
-    return algorithm.load(path, device="cpu")
+    if algorithm is not None:
+        return algorithm.load(path, device="cpu")
+    errors = []
+    for candidate in _candidate_algorithms(path):
+        try:
+            return candidate.load(path, device="cpu")
+        except Exception as error:  # a wrong class fails in many ways; try the next, report all
+            errors.append(f"{candidate.__name__}: {error}")
+    raise ValueError(f"could not load {path} as {'; '.join(errors)}; name the algorithm (--algo)")
 
 
 def make_policy(policy: str, env: gym.Env, seed: int = 0, model: Any = None) -> Policy:
@@ -291,10 +297,14 @@ def record_episodes(
     out: str | os.PathLike,
     seed: int = 0,
     progress: bool = False,
-    **attrs: Any,
+    attrs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes of ``policy`` in ``env`` (episode ``e`` reset with ``seed + e``) and append them to
-    ``out``. Frames are the newest RGB frame of each observation (or ``env.render()``). Returns a summary dict."""
+    ``out``. Frames are the newest RGB frame of each observation (or ``env.render()``).
+
+    :param attrs: file attributes stored when ``out`` is created (env_id, policy, ...).
+    :returns: path, episodes, mean_return and success_rate of the episodes recorded by this call.
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     action_dim = int(np.prod(env.action_space.shape))
@@ -322,7 +332,7 @@ def record_episodes(
                 success.append(bool(info.get("success", info.get("is_success", False))))
                 done = term or trunc
             if writer is None:
-                writer = EpisodeWriter(out, frames[0].shape, action_dim, **attrs)
+                writer = EpisodeWriter(out, frames[0].shape, action_dim, **(attrs or {}))
             writer.add_episode(np.stack(frames), np.stack(actions), rewards, terminated, truncated, success, seed + e)
             returns.append(sum(rewards))
             successes.append(any(success))

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -65,7 +66,7 @@ class FeatureSpec:
         object.__setattr__(self, "resolution", int(self.resolution))
 
     @classmethod
-    def from_backbone(cls, backbone: Any, dtype: str = "float32") -> "FeatureSpec":
+    def from_backbone(cls, backbone: Any, dtype: str = "float32") -> FeatureSpec:
         """The spec of a FrozenBackbone (anything with name/fingerprint/resolution/preprocessing/output_shape)."""
         return cls(
             backbone=str(backbone.name),
@@ -77,7 +78,7 @@ class FeatureSpec:
         )
 
     @classmethod
-    def from_attrs(cls, group: h5py.Group) -> "FeatureSpec":
+    def from_attrs(cls, group: h5py.Group) -> FeatureSpec:
         try:
             return cls(
                 backbone=_h5.str_attr(group, "backbone"),
@@ -96,7 +97,7 @@ class FeatureSpec:
         group.attrs["output_shape"] = np.asarray(self.output_shape, dtype=np.int64)
         group.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-    def check_matches(self, stored: "FeatureSpec", where: str) -> None:
+    def check_matches(self, stored: FeatureSpec, where: str) -> None:
         """Raise :class:`FeatureSetMismatchError` naming every differing field, stored value and requested value."""
         diffs = [
             f"{key}: file has {getattr(stored, key)!r}, requested {getattr(self, key)!r}"
@@ -196,7 +197,7 @@ class FeatureSet:
     :meth:`episode` whole episodes in order (when the file has an episode index).
     """
 
-    def __init__(self, store: "FeatureStore", name: str, cache_bytes: int = 256 << 20):
+    def __init__(self, store: FeatureStore, name: str, cache_bytes: int = 256 << 20):
         self.store = store
         self.name = name
         self.spec = FeatureSpec.from_attrs(self._group)
@@ -423,7 +424,7 @@ class FeatureStore:
         if self._file:
             self._file.close()
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
