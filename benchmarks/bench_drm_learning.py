@@ -80,8 +80,9 @@ def main() -> None:
     for algo, rows in results.items():
         returns = np.array([r for r, _ in rows])
         per_seed = ", ".join(f"{r:.0f}" for r in returns)
+        name = "DrM" if algo == "drm" else algo.upper()
         print(
-            f"| {algo.upper() if algo != 'drm' else 'DrM'} | {returns.mean():.1f} | {returns.std():.1f} | {returns.min():.1f} | "
+            f"| {name} | {returns.mean():.1f} | {returns.std():.1f} | {returns.min():.1f} | "
             f"{returns.max():.1f} | {per_seed} | {np.mean([s for _, s in rows]):.0f} |"
         )
 

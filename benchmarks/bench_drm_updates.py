@@ -58,11 +58,19 @@ def make_env(name: str):
     return FrameStackObservation(RandomFrames(frame, pixels=False), stack_size=3)
 
 
-POLICIES = {"pixels@112": "CnnPolicy", "pixels@224": "CnnPolicy", "cls": "MlpPolicy", "cls+reg": "MlpPolicy", "pieg@112": "PiegPolicy"}
+POLICIES = {
+    "pixels@112": "CnnPolicy",
+    "pixels@224": "CnnPolicy",
+    "cls": "MlpPolicy",
+    "cls+reg": "MlpPolicy",
+    "pieg@112": "PiegPolicy",
+}
 
 
 def bench(name: str, updates: int, variant: str, fill: int) -> dict[str, float | str | int]:
-    model = DrM(POLICIES[name], make_env(name), variant=variant, learning_starts=fill, buffer_size=fill + 10, seed=0, device="cpu")
+    model = DrM(
+        POLICIES[name], make_env(name), variant=variant, learning_starts=fill, buffer_size=fill + 10, seed=0, device="cpu"
+    )
     model.learn(fill)  # random actions only: fills the buffer, no update yet
     model.train(gradient_steps=1, batch_size=BATCH)  # warm-up
     start = time.perf_counter()
@@ -88,7 +96,9 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="*", default=list(POLICIES), choices=list(POLICIES))
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    print(f"DrM ({args.variant}) updates at batch {BATCH}, {args.updates} timed updates each, {args.threads} torch threads, CPU")
+    print(
+        f"DrM ({args.variant}) updates at batch {BATCH}, {args.updates} timed updates each, {args.threads} torch threads, CPU"
+    )
     rows = [bench(name, args.updates, args.variant, args.fill) for name in args.inputs]
     base = rows[0]["ups"]
     print(f"| input | policy | observation | trainable params | ms / update | updates / s | vs {rows[0]['input']} |")

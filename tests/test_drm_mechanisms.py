@@ -39,11 +39,15 @@ def test_dormant_stddev(ratio, expected):
 
 @pytest.mark.parametrize("ratio, expected", [(0.0, 0.600), (0.15, 0.555), (0.2, 0.300), (0.25, 0.046), (0.3, 0.004)])
 def test_dormant_lambda(ratio, expected):
-    assert dormant_lambda(ratio, target_lambda=0.6, target_dormant_ratio=0.2, lambda_temp=50) == pytest.approx(expected, abs=6e-4)
+    assert dormant_lambda(ratio, target_lambda=0.6, target_dormant_ratio=0.2, lambda_temp=50) == pytest.approx(
+        expected, abs=6e-4
+    )
 
 
 def _model(variant="drm", **kwargs):
-    return DrM("MlpPolicy", "Pendulum-v1", variant=variant, policy_kwargs=TINY, learning_starts=10, buffer_size=1000, seed=0, **kwargs)
+    return DrM(
+        "MlpPolicy", "Pendulum-v1", variant=variant, policy_kwargs=TINY, learning_starts=10, buffer_size=1000, seed=0, **kwargs
+    )
 
 
 def test_model_schedules_follow_formulas():

@@ -27,7 +27,9 @@ def _reference_modules(repr_dim, action_dim, variant, feature_dim=50, hidden=102
         return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
     def mlp(in_dim, out_dim):
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        return nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)
+        )
 
     def q_head():
         if variant == "drm":

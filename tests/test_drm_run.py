@@ -113,7 +113,7 @@ def test_multi_env_vec_frame_stack_and_perturbation_crossing():
     # are never hit exactly: the perturbation triggers when one is crossed.
     steps = [p["step"] for p in model.perturbations]
     assert steps and all(s % 4 == 0 for s in steps)
-    assert [s // 15 for s in steps] == sorted(set(s // 15 for s in steps))
+    assert [s // 15 for s in steps] == sorted({s // 15 for s in steps})
 
 
 def test_callbacks_and_evaluation(tmp_path):
@@ -179,4 +179,9 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="stddev_type"):
         DrM("MlpPolicy", "Pendulum-v1", stddev_type="max")
     with pytest.raises(ValueError, match="augment=False"):
-        DrM("MlpPolicy", feature_env(), policy_kwargs=dict(augment=True), **{k: v for k, v in FAST.items() if k != "policy_kwargs"})
+        DrM(
+            "MlpPolicy",
+            feature_env(),
+            policy_kwargs=dict(augment=True),
+            **{k: v for k, v in FAST.items() if k != "policy_kwargs"},
+        )

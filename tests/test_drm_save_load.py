@@ -62,7 +62,9 @@ def test_save_load_policy_alone(tmp_path):
     model.policy.save(tmp_path / "policy.pth")
     policy = CnnPolicy.load(tmp_path / "policy.pth")
     assert type(policy) is CnnPolicy and policy.augment and policy.features_extractor.features_dim == 32 * 1 * 1
-    assert np.array_equal(policy.predict(observations, deterministic=True)[0], model.predict(observations, deterministic=True)[0])
+    assert np.array_equal(
+        policy.predict(observations, deterministic=True)[0], model.predict(observations, deterministic=True)[0]
+    )
 
 
 def test_save_load_replay_buffer(tmp_path):

@@ -268,7 +268,9 @@ class DrM(OffPolicyAlgorithm):
         perturb(self.value_net, self.value_net.optimizer, factor)
         self.perturbations.append(dict(step=self.num_timesteps, factor=factor, dormant_ratio=self.dormant_ratio))
         if self.verbose >= 1:
-            print(f"DrM perturbation at step {self.num_timesteps}: factor {factor:.3f}, dormant ratio {self.dormant_ratio:.3f}")
+            print(
+                f"DrM perturbation at step {self.num_timesteps}: factor {factor:.3f}, dormant ratio {self.dormant_ratio:.3f}"
+            )
         return factor
 
     def _maybe_perturb(self, step: int) -> None:

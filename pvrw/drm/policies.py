@@ -253,7 +253,9 @@ class CnnPolicy(DrMPolicy):
                 f"CnnPolicy needs image observations (uint8 Box in [0, 255], channel-first or -last), got "
                 f"{observation_space}; use MlpPolicy for flat features or PiegPolicy for spatial PVR features"
             )
-        super().__init__(observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs)
+        super().__init__(
+            observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs
+        )
 
 
 class PiegPolicy(DrMPolicy):
@@ -268,4 +270,6 @@ class PiegPolicy(DrMPolicy):
         features_extractor_class: type[BaseFeaturesExtractor] = PiegExtractor,
         **kwargs: Any,
     ):
-        super().__init__(observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs)
+        super().__init__(
+            observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs
+        )
