@@ -46,7 +46,7 @@ def import_ray() -> Any:
     """Import ``ray`` and ``ray.tune``, or raise :class:`RayNotInstalledError` naming the install command."""
     try:
         import ray
-        import ray.tune  # noqa: F401  (the [tune] extra)
+        import ray.tune
     except ImportError as err:
         raise RayNotInstalledError(f"{RAY_INSTALL_HINT} ({err})") from None
     return ray
@@ -102,9 +102,9 @@ def _check_resources(ray: Any, cpus: float, gpus: float, what: str) -> None:
 
 def _train_trial(tune_config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
     """The Tune function trainable: one pvrw run, trained (or resumed) to its budget by ``run_training``."""
-    import pvrw  # noqa: F401  (headless GL before any simulator import)
     from ray import tune
 
+    import pvrw  # noqa: F401  (headless GL before any simulator import)
     from pvrw.runs.config import ConfigError, RunConfig
     from pvrw.runs.training import run_training
 
@@ -284,7 +284,7 @@ def _make_event_callback_class() -> type:
     return EventCallback
 
 
-def _EventCallback(runs: dict[str, SweepRun], notify: Callable[[SweepRun, str], None]) -> Any:  # noqa: N802
+def _EventCallback(runs: dict[str, SweepRun], notify: Callable[[SweepRun, str], None]) -> Any:
     return _make_event_callback_class()(runs, notify)
 
 
