@@ -7,7 +7,6 @@ transformers, timm) and must load strictly and give that model's features.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import warnings
 

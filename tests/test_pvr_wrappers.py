@@ -259,3 +259,20 @@ def test_real_make_env_if_available(resnet32):
     obs, _, _, _, info = env.step(env.action_space.sample())
     assert counting.frames == 3 and "success" in info
     np.testing.assert_allclose(obs, resnet32.embed(env.embedder.state[0].frames), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_path_wraps_cached_backbone(resnet32, tmp_path):
+    pytest.importorskip("pvrw.feature_cache.content_cache")
+    path = tmp_path / "features.h5"
+    first = Counting(resnet32)
+    env = PVRObservation(PixelEnv(), first, cache=path)
+    assert type(env.backbone).__name__ == "CachedBackbone"
+    obs = [env.reset(seed=0)[0]] + [env.step(env.action_space.sample())[0] for _ in range(3)]
+    assert first.frames == 2 + 3
+    env.backbone.close()
+    again = Counting(resnet32)
+    env = PVRObservation(PixelEnv(), again, cache=path)
+    replay = [env.reset(seed=0)[0]] + [env.step(env.action_space.sample())[0] for _ in range(3)]
+    assert again.frames == 0  # every frame came from the cache
+    np.testing.assert_allclose(np.stack(replay), np.stack(obs), rtol=1e-6, atol=1e-6)
+    env.backbone.close()

@@ -26,7 +26,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvrw.pvr_wrappers.weights import (
-    HFFile,
     WeightSources,
     WeightsFormatError,
     check_state_dict,
@@ -140,9 +139,9 @@ def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None,
     * ``@register_backbone`` over ``def name() -> BackboneCfg`` (timm style; the function name is the registry name);
     * ``register_backbone("name", cfg=BackboneCfg(...))``;
     * ``register_backbone("name", timm_model="convnext_tiny", **kw)``: any timm architecture, pooled features
-      (``num_classes=0``); see :func:`timm_backbone_cfg` for ``kw``;
+      (``num_classes=0``); see :func:`~pvrw.pvr_wrappers.custom_backbones.timm_backbone_cfg` for ``kw``;
     * ``register_backbone("name", module=my_module_or_factory, output_shape=(512,), **kw)``: a torch module that maps
-      normalised float images to features; see :func:`module_backbone_cfg`.
+      normalised float images to features; see :func:`~pvrw.pvr_wrappers.custom_backbones.module_backbone_cfg`.
 
     :param overwrite: replace an existing entry of the same name (otherwise a ValueError).
     """
@@ -156,8 +155,12 @@ def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None,
     if cfg is not None:
         entry = lambda: dataclasses.replace(cfg, name=name)  # noqa: E731
     elif timm_model is not None:
+        from pvrw.pvr_wrappers.custom_backbones import timm_backbone_cfg
+
         entry = lambda: timm_backbone_cfg(name, timm_model, **kwargs)  # noqa: E731
     else:
+        from pvrw.pvr_wrappers.custom_backbones import module_backbone_cfg
+
         entry = lambda: module_backbone_cfg(name, module, **kwargs)  # noqa: E731
     entry()  # fail now, not at first use
     return _add(name, entry, overwrite)
@@ -375,91 +378,3 @@ def weights_status(name: str) -> tuple[Path | None, str]:
         return find_weights(name, cfg.weights), ""
     except WeightsNotFoundError as err:
         return None, str(err)
-
-
-def timm_backbone_cfg(name: str, timm_model: str, output_shape: tuple[int, ...] | Callable | None = None,
-                      resolution_multiple: int | None = None, default_resolution: int | None = None,
-                      mean: tuple | None = None, std: tuple | None = None, weights: WeightSources | None = None,
-                      timm_kwargs: dict | None = None, description: str = "") -> BackboneCfg:
-    """A :class:`BackboneCfg` for any timm architecture with pooled features (``num_classes=0``).
-
-    Mean/std, patch size and weight sources (HF id, URL) are read from timm's pretrained config when not given.
-    Weight files are timm state dicts; classifier keys are dropped (the head is removed), all others must match.
-    """
-    import timm
-
-    pcfg = timm.models.get_pretrained_cfg(timm_model)
-    pcfg = pcfg.to_dict() if pcfg is not None else {}
-    probe = timm.create_model(timm_model, pretrained=False, num_classes=0, **(timm_kwargs or {}))
-    patch = getattr(getattr(probe, "patch_embed", None), "patch_size", (1, 1))
-    patch = resolution_multiple or int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-    is_vit = hasattr(probe, "patch_embed")
-    native = pcfg.get("input_size", (3, 224, 224))[-1]
-    shapes: dict[int, tuple[int, ...]] = {}
-
-    def build(resolution: int) -> nn.Module:
-        extra = {"img_size": resolution} if is_vit else {}
-        return timm.create_model(timm_model, pretrained=False, num_classes=0, **extra, **(timm_kwargs or {}))
-
-    def shape(resolution: int) -> tuple[int, ...]:
-        if callable(output_shape):
-            return tuple(output_shape(resolution))
-        if output_shape is not None:
-            return tuple(output_shape)
-        if resolution not in shapes:
-            with torch.device("meta"):
-                shapes[resolution] = tuple(build(resolution)(torch.zeros(1, 3, resolution, resolution)).shape[1:])
-        return shapes[resolution]
-
-    classifier = pcfg.get("classifier", "head")
-
-    def convert(state, fmt, meta, model, resolution):
-        state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
-        if is_vit and "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
-            from timm.layers import resample_abs_pos_embed
-
-            prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-            grid = model.patch_embed.grid_size
-            state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"].float(), list(grid),
-                                                        num_prefix_tokens=prefix)
-        return state
-
-    if weights is None:
-        hf = (HFFile(pcfg["hf_hub_id"]),) if pcfg.get("hf_hub_id") else ()
-        url = pcfg.get("url") or None
-        weights = WeightSources(filenames=(url.rsplit("/", 1)[-1],) if url else (), hf_files=hf, url=url,
-                                licence=pcfg.get("license", "see the model card"))
-    return BackboneCfg(
-        name=name, architecture=f"timm:{timm_model} (pooled features)", build_model=build, output_shape=shape,
-        mean=tuple(mean or pcfg.get("mean", IMAGENET_MEAN)), std=tuple(std or pcfg.get("std", IMAGENET_STD)),
-        normalisation="timm-cfg", resolution_multiple=patch if is_vit else 1, min_resolution=patch if is_vit else 1,
-        default_resolution=default_resolution or native, weights=weights, formats=("any",), convert_state=convert,
-        description=description or f"user timm model {timm_model}")
-
-
-def module_backbone_cfg(name: str, module: nn.Module | Callable[..., nn.Module],
-                        output_shape: tuple[int, ...] | Callable[[int], tuple[int, ...]],
-                        mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD, normalisation: str = "custom",
-                        resolution_multiple: int = 1, default_resolution: int = 112,
-                        weights: WeightSources | None = None, description: str = "") -> BackboneCfg:
-    """A :class:`BackboneCfg` for a user torch module (an instance, or a factory ``(resolution) -> nn.Module``).
-
-    An instance carries its own weights (``weights=None`` uses them; fingerprint ``module-sha256:...``); a weight
-    file given with ``weights=PATH`` must match its state dict exactly.
-    """
-    import copy
-
-    if isinstance(module, nn.Module):
-        build = lambda resolution: copy.deepcopy(module)  # noqa: E731
-    elif callable(module):
-        build = module
-    else:
-        raise TypeError(f"module= must be an nn.Module or a callable returning one, got {type(module).__name__}.")
-    shape = output_shape if callable(output_shape) else (lambda resolution: tuple(output_shape))
-    return BackboneCfg(
-        name=name, architecture=f"user module {type(module).__name__}", build_model=lambda r: build(r),
-        output_shape=lambda r: tuple(shape(r)), mean=tuple(mean), std=tuple(std), normalisation=normalisation,
-        resolution_multiple=resolution_multiple, min_resolution=resolution_multiple,
-        default_resolution=default_resolution, weights=weights or WeightSources(), formats=("any",),
-        requires_weights=not isinstance(module, nn.Module), description=description or "user module")
-

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from pvrw.pvr_wrappers.registry import RANDOM, FrozenBackbone, create_backbone, get_backbone_cfg
 
@@ -295,12 +296,6 @@ def _vec_setup(space: gym.Space, backbone: Any, n: int, channels_first: bool | N
     return layout, backbone, embedder, feature_space(backbone, layout.k, dtype), dtype
 
 
-try:
-    from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
-except ImportError:  # pragma: no cover - SB3 is a dependency; keep the gymnasium wrappers importable without it
-    VecEnvWrapper = object  # type: ignore[misc,assignment]
-
-
 class VecPVRObservation(VecEnvWrapper):
     """SB3 ``VecEnvWrapper``: frozen features for every sub-env, all new frames in one backbone call per step.
 
@@ -309,7 +304,7 @@ class VecPVRObservation(VecEnvWrapper):
     Options are those of :class:`PVRObservation` (``source="render"`` excepted).
     """
 
-    def __init__(self, venv: "VecEnv", backbone: str | FrozenBackbone = "dinov2", weights: Any = None,
+    def __init__(self, venv: VecEnv, backbone: str | FrozenBackbone = "dinov2", weights: Any = None,
                  resolution: int | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, cache: Any = None, tokens: str | None = None,
                  augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
