@@ -252,3 +252,62 @@ def test_sample_action_clip_and_straight_through_gradient():
     unclipped = sample_action(th.zeros(5000, 1), std=0.5)
     assert unclipped.std().item() == pytest.approx(0.5, rel=0.05)
     assert np.isclose(sample_action(th.zeros(3, 1), std=0.0).abs().max().item(), 0.0)
+
+
+# --- exploitation: expectile value regression and the blended TD target ---------------------------------------------
+
+
+def _batch(seed=0, size=16):
+    from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+    generator = th.Generator().manual_seed(seed)
+    obs, next_obs = th.randn(size, 3, generator=generator), th.randn(size, 3, generator=generator)
+    actions = th.rand(size, 1, generator=generator) * 2 - 1
+    rewards = th.randn(size, 1, generator=generator)
+    dones = (th.rand(size, 1, generator=generator) < 0.3).float()
+    return ReplayBufferSamples(obs, actions, next_obs, dones, rewards, th.full((size, 1), 0.99**3))
+
+
+def test_expectile_value_loss():
+    model = _model()
+    data = _batch()
+    with th.no_grad():
+        q = th.min(*model.critic(data.observations, data.actions))
+        model.value_net.V[4].bias += (q - model.value_net(data.observations)).median()  # errors of both signs
+        error = model.value_net(data.observations) - q
+        weights = th.where(error > 0, th.tensor(0.1), th.tensor(0.9))  # expectile 0.9: under-estimates weigh 0.9
+        expected = (weights * error**2).mean().item()
+    assert (error > 0).any() and (error <= 0).any()
+    assert model._update_value(data.observations, data.actions)["value_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("lambda_", [0.0, 0.37])
+def test_blended_td_target(lambda_):
+    model = _model()
+    data = _batch(1)
+    with th.no_grad():
+        for param in model.critic_target.parameters():  # make the target differ from the online critic
+            param.add_(0.1 * th.randn_like(param))
+        next_action = th.clamp(model.actor(data.next_observations), -1 + 1e-6, 1 - 1e-6)  # std 0: the mean action
+        target_q = th.min(*model.critic_target(data.next_observations, next_action))
+        blended = lambda_ * model.value_net(data.next_observations) + (1 - lambda_) * target_q
+        y = data.rewards + (1 - data.dones) * data.discounts * blended
+        q1, q2 = model.critic(data.observations, data.actions)
+        expected = (nn.functional.mse_loss(q1, y) + nn.functional.mse_loss(q2, y)).item()
+    metrics = model._update_critic(data.observations, data.next_observations, data, std=0.0, lambda_=lambda_)
+    assert metrics["critic_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["critic_target_q"] == pytest.approx(y.mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["drm", "drm_mw"])
+def test_awakening_condition(variant):
+    # target_dormant_ratio above 1: every measured ratio is "low", so only the step condition decides
+    model = DrM("MlpPolicy", "Pendulum-v1", variant=variant, policy_kwargs=TINY, learning_starts=16, batch_size=8,
+                buffer_size=200, num_expl_steps=1000, target_dormant_ratio=1.01, seed=0)  # fmt: skip
+    model.learn(30)
+    if variant == "drm":  # agents/drm.py: only after num_expl_steps
+        assert model.awaken_step is None
+        model._update(model.replay_buffer.sample(8), step=1001)
+        assert model.awaken_step == 1001
+    else:  # agents/drm_mw.py: at the first update (num_timesteps 18) whatever the step
+        assert model.awaken_step == 18
