@@ -1,7 +1,7 @@
 """The SB3 callback that turns ``model.learn`` into a run: metrics rows, periodic evaluation, checkpoints, progress.
 
-One callback rather than four, because their order within a step matters for resuming: at a step where both are
-due, the evaluation row is written before the checkpoint, so the checkpoint's ``metrics.csv`` prefix holds it.
+One callback rather than four, because their order matters for resuming: at a step where both are due, the
+evaluation row is written before the checkpoint, so the checkpoint's ``metrics.csv`` prefix holds it.
 """
 
 from __future__ import annotations
@@ -119,15 +119,20 @@ class RunCallback(BaseCallback):
         for done, info in zip(dones, infos):
             if done:
                 self._log_episode(info)
+        if self._bar is not None:
+            self._bar.update(self.frames - self._bar.n)
+        return True
+
+    def _on_rollout_start(self) -> None:
+        # Evaluations and checkpoints happen between rollouts: there, every transition up to num_timesteps is in
+        # the replay buffer and every gradient update due has been made (in on_step, SB3 has not yet stored the
+        # step's transition), so a checkpoint is exactly the state of the run at its step count.
         if self.frames >= self._next_eval:
             self.run_evaluation()
             self._next_eval = self._next_multiple(self.frames, self.eval_every)
         if self.frames >= self._next_checkpoint:
             self.checkpoint()
             self._next_checkpoint = self._next_multiple(self.frames, self.checkpoint_every)
-        if self._bar is not None:
-            self._bar.update(self.frames - self._bar.n)
-        return True
 
     def _on_training_end(self) -> None:
         if self._bar is not None:

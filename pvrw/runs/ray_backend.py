@@ -42,6 +42,10 @@ class RayNotInstalledError(ImportError):
     """Ray (with Tune) cannot be imported; the message says how to install it."""
 
 
+class RayResourceError(ValueError):
+    """A request the Ray cluster can never satisfy (more CPUs/GPUs per run than any node has)."""
+
+
 def import_ray() -> Any:
     """Import ``ray`` and ``ray.tune``, or raise :class:`RayNotInstalledError` naming the install command."""
     try:
@@ -79,7 +83,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         return True
     cpus = available_cpus()
     if num_cpus is not None and num_cpus > cpus:
-        raise ValueError(f"num_cpus={num_cpus}: this machine has {cpus} CPUs; give at most {cpus}")
+        raise RayResourceError(f"num_cpus={num_cpus}: this machine has {cpus} CPUs; give at most {cpus}")
     ray.init(num_cpus=num_cpus or cpus, num_gpus=num_gpus, **kwargs)
     return True
 
@@ -87,11 +91,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 def _check_resources(ray: Any, cpus: float, gpus: float, what: str) -> None:
     """Refuse a request no node of the cluster can ever satisfy (Tune would otherwise wait forever)."""
     if cpus < 0 or gpus < 0 or cpus + gpus <= 0:
-        raise ValueError(f"{what}: cpus={cpus}, gpus={gpus}; give a positive number of CPUs or GPUs")
+        raise RayResourceError(f"{what}: cpus={cpus}, gpus={gpus}; give a positive number of CPUs or GPUs")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
-        raise ValueError(
+        raise RayResourceError(
             f"{what} asks for {cpus:g} CPU and {gpus:g} GPU, but no Ray node has that much ({have}); "
             "lower --cpus-per-run/--gpus-per-run or add bigger nodes"
         )

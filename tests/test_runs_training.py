@@ -1,0 +1,122 @@
+"""run_training end to end on a tiny env: the run directory, idempotence, and a killed-and-resumed run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pvrw.runs.config import build_config, load_config
+from pvrw.runs.layout import RunDir, RunStatus
+from pvrw.runs.metrics import read_metrics
+from pvrw.runs.training import run_training
+
+TESTS = Path(__file__).parent
+
+#: DrM on a 4-d state env, tiny networks: a run of a few hundred steps takes seconds
+TINY = {
+    "env": "test_runs_tinyenv:TinyState-v0",
+    "threads": 1,
+    "learning_starts": 40,
+    "batch_size": 16,
+    "buffer_size": 500,
+    "policy_kwargs": {"hidden_dim": 32, "feature_dim": 16},
+}
+
+
+def tiny_config(**overrides):
+    return build_config(TINY, overrides)
+
+
+def test_run_directory_layout_and_rerun_is_a_no_op(tmp_path):
+    import test_runs_tinyenv  # noqa: F401  (registers the env in this process)
+
+    config = tiny_config(frames=120, eval_every=60, eval_episodes=2, checkpoint_every=60)
+    rd = RunDir(tmp_path / "run")
+    status = run_training(config, rd.root)
+    assert status.state == "finished" and status.frames == 120
+    assert load_config(rd.config) == config
+    assert (rd.root / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(rd.tensorboard.glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in rd.videos.iterdir()) == ["eval_0000000060.mp4", "eval_0000000120.mp4"]
+    latest = json.loads(rd.latest.read_text())
+    assert latest["steps"] == 120 and (rd.checkpoints / latest["dir"] / "replay_buffer.pkl").is_file()
+    assert len(list(rd.checkpoints.glob("step_*"))) == 1  # older checkpoints are removed
+
+    train, evals = read_metrics(rd.metrics, "train"), read_metrics(rd.metrics, "eval")
+    assert [r["frames"] for r in train] == list(range(20, 121, 20))  # 20-step episodes
+    assert [(r["frames"], r["episodes"]) for r in evals] == [(60, 2), (120, 2)]
+    assert all(r["dormant_ratio"] is not None and 0 <= r["dormant_ratio"] <= 1 for r in evals)
+    assert all(r["success"] in (0.0, 1.0) and r["success_final"] in (0.0, 1.0) for r in train)
+
+    mtime = rd.metrics.stat().st_mtime_ns
+    again = run_training(config, rd.root)
+    assert again.state == "finished" and rd.metrics.stat().st_mtime_ns == mtime
+
+
+def test_a_directory_refuses_a_config_that_trains_something_else(tmp_path):
+    import test_runs_tinyenv  # noqa: F401
+
+    from pvrw.runs.config import ConfigError
+
+    run_training(tiny_config(frames=40, eval_every=0, eval_episodes=1, video=False), tmp_path / "run")
+    with pytest.raises(ConfigError, match="seed=0, not 1"):
+        run_training(tiny_config(frames=40, seed=1), tmp_path / "run")
+
+
+def _wait_for(predicate, timeout, proc):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def test_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
+    run = tmp_path / "run"
+    frames = 400
+    cmd = [
+        sys.executable, "-c", "from pvrw.cli import main; main()", "train", "--out", str(run),
+        "--env", "test_runs_tinyenv:TinyState-v0", "--frames", str(frames), "--eval-every", "100",
+        "--eval-episodes", "1", "--checkpoint-every", "100", "--no-video", "--no-progress", "--threads", "1",
+        "--learning-starts", "40", "--batch-size", "16", "--buffer-size", "500",
+        "--set", "policy_kwargs={hidden_dim: 32, feature_dim: 16}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        got_checkpoint = _wait_for(lambda: (run / "checkpoints" / "latest.json").is_file(), 120, proc)
+        assert got_checkpoint, proc.communicate()[0].decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rd = RunDir(run)
+    killed_at = json.loads(rd.latest.read_text())["steps"]
+    assert RunStatus.read(rd).state == "running" and killed_at < frames  # killed mid-run, not finished
+
+    import test_runs_tinyenv  # noqa: F401
+
+    status = run_training(load_config(rd.config), run)
+    assert status.state == "finished" and status.frames == frames and status.attempts == 2
+
+    train, evals = read_metrics(rd.metrics, "train"), read_metrics(rd.metrics, "eval")
+    # every 20-step episode exactly once, numbered without gaps, frames continuing across the kill
+    assert [r["frames"] for r in train] == list(range(20, frames + 1, 20))
+    assert [r["episode"] for r in train] == list(range(1, frames // 20 + 1))
+    assert [r["frames"] for r in evals] == [100, 200, 300, 400]
+    assert all(b["wall_time"] >= a["wall_time"] for a, b in zip(train, train[1:]))
+    # the replay buffer came back with the model: it holds every transition of the run, not only the resumed part
+    from pvrw.drm import DrM
+
+    model = DrM.load(rd.checkpoints / json.loads(rd.latest.read_text())["dir"] / "model.zip")
+    model.load_replay_buffer(rd.checkpoints / json.loads(rd.latest.read_text())["dir"] / "replay_buffer.pkl")
+    assert model.num_timesteps == frames and model.replay_buffer.size() == frames
