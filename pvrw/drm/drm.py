@@ -53,7 +53,14 @@ class DrM(OffPolicyAlgorithm):
     ``train_freq = update_every_steps = 2``, ``gradient_steps = 1``, ``batch_size = 256``, ``buffer_size = 1e6``,
     ``learning_rate = 1e-4``, ``tau = critic_target_tau = 0.01``. All schedules count agent steps
     (``num_timesteps``). ``variant`` picks the reference agent and fills the ``None`` arguments from
-    :data:`VARIANT_DEFAULTS`; explicit arguments win.
+    :data:`VARIANT_DEFAULTS`; explicit arguments win. Timing follows SB3: the first update runs once ``num_timesteps >
+    learning_starts`` (step 2002 with the defaults; the reference's first update is at step 2000), and an update at
+    ``num_timesteps = t`` uses ``t`` wherever the reference uses its ``step`` (perturbation, awakening, schedules).
+
+    Faithfulness notes: the encoder is trained by the critic loss only (actor and value losses see detached features,
+    unlike SB3's TD3/SAC shared extractors); the dormant ratio is measured on the actor at every update, on the
+    augmented training batch, before any network changes, and the perturbation check at the top of an update uses
+    the ratio of the previous update, as in ``DrMAgent.update``.
 
     :param policy: ``"CnnPolicy"`` (pixels), ``"MlpPolicy"`` (flat features), ``"PiegPolicy"`` (spatial features) or
         a policy class
