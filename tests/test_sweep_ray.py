@@ -252,3 +252,50 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
         np.testing.assert_array_equal(a.read_range(0, 66), b.read_range(0, 66))
         np.testing.assert_array_equal(a.hashes(), b.hashes())
         assert np.abs(a.read_range(0, 66)).sum() > 0
+
+
+def test_cli_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    for key in [k for k in sys.modules if k == "ray" or k.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, key)
+    args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "1", "--algo", "sac"]
+    result = CliRunner().invoke(main, [*args, "--root", str(tmp_path), "--backend", "ray"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "pvrw[ray]"' in lines[0], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+
+
+def test_cli_sweep_on_ray_trains_then_skips(ray_session, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY)))
+    args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "5,", "--algo", "sac"]
+    args += ["--config", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path / "sweep"), "--backend", "ray"]
+    args += ["--cpus-per-run", "1", "--no-progress"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "[done]" in first.output and "1 finished now, 0 failed" in first.output
+    status = RunStatus.read(RunDir(tmp_path / "sweep/Pendulum-v1/sac_none_64/seed_5"))
+    assert (status.state, status.frames) == ("finished", 300)
+    second = CliRunner().invoke(main, args)
+    assert second.exit_code == 0 and "1 already finished, 0 finished now" in second.output, second.output
+    too_big = CliRunner().invoke(main, [*args, "--cpus-per-run", "64"])  # finished runs are skipped before Ray ...
+    assert too_big.exit_code == 0, too_big.output
+    (tmp_path / "sweep/Pendulum-v1/sac_none_64/seed_5/status.json").unlink()  # ... so make the run unfinished
+    too_big = CliRunner().invoke(main, [*args, "--cpus-per-run", "64"])
+    assert too_big.exit_code == 1 and "no Ray node has that much" in too_big.output, too_big.output

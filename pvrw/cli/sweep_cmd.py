@@ -44,6 +44,16 @@ def _ints(name: str, value: str) -> list[int]:
 @click.option("--keep-going/--stop-on-error", default=True, show_default=True,
               help="After a failed run, go on with the next one, or stop.")  # fmt: skip
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per run. [default: progress]")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help='local: one run after another in this process; ray: every run a Ray Tune trial (pip install "pvrw[ray]").')  # fmt: skip
+@click.option("--address", default=None,
+              help="--backend ray: 'auto' (the Ray cluster of this machine) or ray://HOST:PORT. [default: a new local Ray instance]")  # fmt: skip
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="--backend ray: GPUs reserved per run (a fraction shares a GPU between runs).")  # fmt: skip
+@click.option("--cpus-per-run", type=click.FloatRange(min=0), default=1, show_default=True,
+              help="--backend ray: CPUs reserved per run.")  # fmt: skip
+@click.option("--max-failures", type=click.IntRange(min=0), default=3, show_default=True,
+              help="--backend ray: restarts of a run whose worker died; each resumes from its last checkpoint.")  # fmt: skip
 @user_errors
 def sweep(
     tasks: str,
@@ -58,6 +68,11 @@ def sweep(
     dry_run: bool,
     keep_going: bool,
     progress: bool,
+    backend: str,
+    address: str | None,
+    gpus_per_run: float,
+    cpus_per_run: float,
+    max_failures: int,
     **options: Any,
 ) -> None:
     """Run a grid of tasks x observation variants x resolutions x seeds, one run after another on this machine.
@@ -65,6 +80,10 @@ def sweep(
     Each cell is an ordinary run directory (so `pvrw plot ROOT` and `pvrw eval` work on it). Finished runs are
     skipped and unfinished ones resume from their last checkpoint, so re-running the same command after a crash
     or a kill completes the grid. ROOT/sweep.json lists every run with its status.
+
+    With --backend ray every unfinished run is a Ray Tune trial, on a local Ray instance or on the cluster at
+    --address (ROOT must then be on a filesystem all nodes share); a trial whose worker dies is restarted and
+    resumes from its last checkpoint.
     """
     from pvrw.runs.sweep import STUDY_PVRS, expand_grid, run_local, write_index
     from pvrw.runs.layout import RunDir, RunStatus
@@ -93,10 +112,21 @@ def sweep(
         return
 
     def report(run, event: str) -> None:
-        words = {"skip": "skip (finished)", "start": "run", "done": "done", "fail": "FAILED"}
+        words = {"skip": "skip (finished)", "start": "run", "done": "done", "fail": "FAILED", "retry": "restart (worker lost)"}
         click.echo(f"[{words[event]}] {run.run_dir}")
 
-    counts = run_local(runs, root, progress=progress, stop_on_error=not keep_going, on_run=report)
+    if backend == "ray":
+        from pvrw.runs.ray_backend import RayNotInstalledError, RayResourceError, run_ray
+
+        try:
+            counts = run_ray(runs, root, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                             max_failures=max_failures, on_run=report)  # fmt: skip
+        except (RayNotInstalledError, RayResourceError, ConnectionError) as err:
+            raise click.ClickException(str(err)) from None
+    elif address is not None or gpus_per_run:
+        raise click.UsageError("--address and --gpus-per-run need --backend ray")
+    else:
+        counts = run_local(runs, root, progress=progress, stop_on_error=not keep_going, on_run=report)
     click.echo(
         f"{len(runs)} runs: {counts['skipped']} already finished, {counts['finished']} finished now, "
         f"{counts['failed']} failed; index: {Path(root) / 'sweep.json'}"

@@ -211,6 +211,8 @@ def run_ray(
         trainable = tune.with_resources(
             tune.with_parameters(_train_trial, specs=specs), {"cpu": cpus_per_run, "gpu": gpus_per_run}
         )
+        if not verbose:  # Tune's newer console output prints a header even at verbose=0
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         tuner = tune.Tuner(
             trainable,
             param_space={"run": tune.grid_search(list(specs))},
