@@ -50,7 +50,8 @@ def variant_rows(
                 policy, dtype = "CnnPolicy", None
                 space = spaces.Box(0, 255, (3 * frame_stack, resolution, resolution), np.uint8)
             else:
-                shape = tuple(get_backbone_cfg(pvr).output_shape(resolution))
+                cfg = get_backbone_cfg(pvr)
+                shape = tuple(cfg.output_shape(resolution, **cfg.resolve_options()))  # default tokens etc.
                 policy = "PiegPolicy" if len(shape) == 3 else "MlpPolicy"
                 dtype = np.dtype(storage_dtype) if storage_dtype else None
                 space = spaces.Box(-np.inf, np.inf, (frame_stack, *shape), np.float32)

@@ -1,0 +1,142 @@
+"""The run commands through click's CliRunner on tiny budgets: train, eval, plot, sweep, params, bench, errors."""
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import test_runs_tinyenv  # noqa: F401  (registers the tiny envs)
+from pvrw.cli import main
+from pvrw.runs.layout import RunStatus
+from pvrw.runs.metrics import read_metrics
+
+ENV = "test_runs_tinyenv:TinyState-v0"
+TINY = [
+    "--env", ENV, "--threads", "1", "--learning-starts", "30", "--batch-size", "16", "--buffer-size", "300",
+    "--set", "policy_kwargs={hidden_dim: 32, feature_dim: 16}", "--no-progress",
+]  # fmt: skip
+RUN_COMMANDS = ("train", "eval", "plot", "sweep", "params", "bench")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("name", RUN_COMMANDS)
+def test_every_option_is_documented(name):
+    result = invoke(name, "--help")
+    assert result.exit_code == 0, result.output
+    command = main.get_command(click.Context(main), name)
+    undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
+    assert not undocumented, f"{name}: options without help: {undocumented}"
+
+
+def test_train_eval_plot(tmp_path):
+    run = tmp_path / "run"
+    result = invoke("train", *TINY, "--frames", "80", "--eval-every", "40", "--eval-episodes", "2",
+                    "--checkpoint-every", "40", "--out", str(run))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "finished 80 frames" in result.output and "last evaluation (2 episodes at 80 frames)" in result.output
+    assert {"config.yaml", "metrics.csv", "status.json", "tb", "checkpoints", "videos", "plot.png"} <= {
+        p.name for p in run.iterdir()
+    }
+
+    result = invoke("eval", str(run), "--episodes", "3", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["episodes"] == 3 and record["frames"] == 80
+    assert 0 <= record["success"] <= 1 and 0 <= record["success_final"] <= record["success"]
+    assert json.loads((run / "eval.json").read_text()) == record
+    # deterministic evaluation tasks and a deterministic policy: the same numbers again
+    again = json.loads(invoke("eval", str(run), "--episodes", "3", "--json").output)
+    assert again["reward"] == record["reward"]
+
+    result = invoke("plot", str(run), "--out", str(tmp_path / "fig.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and "1 runs, 1 lines" in result.output
+
+    # --resume with a larger budget continues the run in place
+    result = invoke("train", "--resume", str(run), "--frames", "120", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert [r["frames"] for r in read_metrics(run / "metrics.csv", "eval")] == [40, 80, 120]
+
+
+def test_sweep_runs_the_grid_and_skips_finished_runs(tmp_path):
+    args = ["sweep", "--tasks", ENV, "--pvr", "none", "--resolution", "36", "--seeds", "2", "--algo", "sac",
+            "--frames", "40", "--root", str(tmp_path), "--no-progress", "--set", "eval_every=0",
+            "--set", "eval_episodes=1", "--set", "video=false", "--set", "learning_starts=20",
+            "--set", "batch_size=8", "--set", "buffer_size=100", "--set", "threads=1"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert [(r["seed"], r["state"], r["frames"]) for r in index] == [(0, "finished", 40), (1, "finished", 40)]
+    run_dirs = [tmp_path / r["run_dir"] for r in index]
+    assert all(RunStatus.read(d).finished for d in run_dirs)
+    result = invoke(*args)
+    assert result.exit_code == 0 and "2 already finished, 0 finished now" in result.output
+    assert invoke("plot", str(tmp_path), "--out", str(tmp_path / "all.png")).exit_code == 0
+
+
+def test_params_table():
+    result = invoke("params", "--resolution", "112", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.output)}
+    assert set(rows) == {"DrM pixels", "PIE-G ResNet18", "DINOv2", "DINOv2 reg", "VC-1"}
+    # CLS-feature agents have no encoder; the pixel agent's DrQ-v2 CNN is trained
+    assert rows["DINOv2"]["params"]["encoder"] == 0 < rows["DrM pixels"]["params"]["encoder"]
+    # the register tokens make the trunks' input 5x wider (3840 vs 768 per frame)
+    assert rows["DINOv2 reg"]["params"]["total"] > rows["DINOv2"]["params"]["total"]
+    assert rows["DINOv2"]["params"]["total"] == rows["VC-1"]["params"]["total"]
+    # 1M transitions of 112px pixels stored frame by frame: 3*112*112 bytes per transition, roughly
+    assert 30 < rows["DrM pixels"]["replay_gb"] < 60 < rows["DrM pixels"]["sb3_replay_gb"]
+    text = invoke("params", "--resolution", "112").output
+    assert "DINOv2 reg" in text and "replay GB" in text
+
+
+def test_bench_lists_and_runs_scripts(tmp_path):
+    (tmp_path / "bench_hello.py").write_text('"""Says hello in a table."""\nprint("| hello | 1 |")\n')
+    (tmp_path / "bench_fail.py").write_text('"""Fails."""\nraise SystemExit(3)\n')
+    listing = invoke("bench", "--dir", str(tmp_path))
+    assert listing.exit_code == 0 and "bench_hello  Says hello in a table." in listing.output
+    result = CliRunner().invoke(main, ["bench", "--dir", str(tmp_path), "bench_fail"])
+    assert result.exit_code == 1 and "failed: bench_fail" in result.output
+    result = CliRunner().invoke(main, ["bench", "--dir", str(tmp_path), "nope"])
+    assert result.exit_code == 2 and "unknown benchmark 'nope'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "batch_sise=3"], "batch_sise: unknown config key"),
+        (["train", "--algo", "ppo"], "Invalid value for '--algo'"),
+        (["train", "--frames", "-5"], "frames: must be a positive integer"),
+        (["train", "--algo", "td3", "--set", "expectile=0.9"], "expectile: unknown config key"),
+        (["train", "--resume", "/nonexistent/run"], "not a run directory"),
+        (["eval", "/nonexistent/run"], "not a run directory"),
+        (["plot", "/nonexistent/run"], "does not exist"),
+        (["sweep", "--seeds", "x"], "comma-separated integers"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_bad_config_file_key_is_named_with_the_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("frames: 100\nalgo_kwargs:\n  gama: 0.9\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "algo_kwargs.gama" in result.output
+    path.write_text("frams: 100\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(path)])
+    assert result.exit_code == 2 and "cfg.yaml" in result.output and "frams" in result.output
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", *TINY, "--frames", "30", "--eval-episodes", "1", "--no-video", "--out", str(run)).exit_code == 0
+    result = CliRunner().invoke(main, ["train", *TINY, "--out", str(run)])
+    assert result.exit_code == 2 and f"pvrw train --resume {run}" in result.output
