@@ -228,7 +228,7 @@ def hf_dinov2(tmp_path_factory):
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(1)
-    model = Dinov2Model(Dinov2Config(image_size=518, num_hidden_layers=DEPTH)).eval()  # the facebook/dinov2-base architecture
+    model = Dinov2Model(Dinov2Config(image_size=518, num_hidden_layers=DEPTH)).eval()  # facebook/dinov2-base, shallow
     folder = tmp_path_factory.mktemp("hf") / "dinov2-base"
     model.save_pretrained(folder)
     return model, folder
@@ -239,7 +239,8 @@ def hf_dinov2_reg(tmp_path_factory):
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     torch.manual_seed(2)
-    model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(image_size=518, patch_size=14, num_hidden_layers=DEPTH)).eval()
+    config = Dinov2WithRegistersConfig(image_size=518, patch_size=14, num_hidden_layers=DEPTH)
+    model = Dinov2WithRegistersModel(config).eval()
     folder = tmp_path_factory.mktemp("hf") / "dinov2-with-registers-base"
     model.save_pretrained(folder)
     return model, folder
@@ -311,8 +312,8 @@ def test_dinov2_reg_transformers_and_meta(shallow_twins, hf_dinov2_reg, tmp_path
     assert meta["register_tokens"].shape == (1, 4, 768)
     path = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
     torch.save(meta, path)
-    ref_model = timm.create_model("vit_base_patch14_reg4_dinov2", pretrained=True, img_size=28, num_classes=0, depth=DEPTH,
-                                  pretrained_cfg_overlay=dict(file=str(path))).eval()
+    ref_model = timm.create_model("vit_base_patch14_reg4_dinov2", pretrained=True, img_size=28, num_classes=0,
+                                  depth=DEPTH, pretrained_cfg_overlay=dict(file=str(path))).eval()
     with torch.no_grad():
         ref = ref_model.forward_features(imagenet_norm(x))[:, :5].flatten(1)
     torch.testing.assert_close(create_backbone("s_dinov2_reg", weights=path, resolution=28)(x), ref,
@@ -339,6 +340,11 @@ def test_vc1_mae_checkpoint(shallow_twins, tmp_path):
         ref = source.forward_features(imagenet_norm(x))[:, 0]
     bb = create_backbone("s_vc1", weights=path, resolution=32)
     torch.testing.assert_close(bb(x), ref, rtol=1e-4, atol=1e-4)
+    # a flat encoder dict that kept MAE's mask_token (no wrapper, no decoder) is VC-1 too, not a DINOv2 file
+    flat = {k: v for k, v in full.items() if not k.startswith("decoder")}
+    torch.save(flat, tmp_path / "flat.pth")
+    torch.testing.assert_close(create_backbone("s_vc1", weights=tmp_path / "flat.pth", resolution=32)(x), ref,
+                               rtol=1e-4, atol=1e-4)
     # an encoder key missing -> refused with the key named
     del full["blocks.1.mlp.fc1.bias"]
     torch.save({"model": full}, path)

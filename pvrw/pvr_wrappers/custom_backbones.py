@@ -69,6 +69,7 @@ def timm_backbone_cfg(name: str, timm_model: str, output_shape: tuple[int, ...] 
         mean=tuple(mean or pcfg.get("mean", IMAGENET_MEAN)), std=tuple(std or pcfg.get("std", IMAGENET_STD)),
         normalisation="timm-cfg", resolution_multiple=patch if is_vit else 1, min_resolution=patch if is_vit else 1,
         default_resolution=default_resolution or native, weights=weights, formats=("any",), convert_state=convert,
+        meta_init=False,
         description=description or f"user timm model {timm_model}")
 
 
@@ -96,5 +97,6 @@ def module_backbone_cfg(name: str, module: nn.Module | Callable[..., nn.Module],
         output_shape=lambda r: tuple(shape(r)), mean=tuple(mean), std=tuple(std), normalisation=normalisation,
         resolution_multiple=resolution_multiple, min_resolution=resolution_multiple,
         default_resolution=default_resolution, weights=weights or WeightSources(), formats=("any",),
-        requires_weights=not isinstance(module, nn.Module), description=description or "user module")
+        requires_weights=not isinstance(module, nn.Module), meta_init=False,
+        description=description or "user module")
 

@@ -77,6 +77,8 @@ class BackboneCfg:
     :param options: option name -> allowed values, the first being the default.
     :param option_doc: option name -> one-line description.
     :param requires_weights: False for modules that carry their own weights (``weights=None`` then uses them).
+    :param meta_init: build on the meta device when a weight file will fill every tensor (skips random init);
+        False for modules with non-persistent buffers, which a state dict does not hold.
     :param description: one line for listings.
     """
 
@@ -97,6 +99,7 @@ class BackboneCfg:
     options: dict[str, tuple] = dataclasses.field(default_factory=dict)
     option_doc: dict[str, str] = dataclasses.field(default_factory=dict)
     requires_weights: bool = True
+    meta_init: bool = True
     description: str = ""
 
     def resolve_options(self, **options: Any) -> dict[str, Any]:
@@ -360,7 +363,7 @@ def create_backbone(name: str, weights: str | Path | None = None, resolution: in
         fingerprint, path = module_fingerprint(model), None
     else:
         path = find_weights(name, cfg.weights, weights)
-        model = _build(cfg, resolution, options, meta_device=True)
+        model = _build(cfg, resolution, options, meta_device=cfg.meta_init)
         load_weights_into(cfg, model, path, resolution, **options)
         fingerprint = file_fingerprint(path)
         logger.info("Backbone %s: weights %s (%s), licence %s", name, path, fingerprint, cfg.weights.licence)

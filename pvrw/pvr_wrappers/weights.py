@@ -215,7 +215,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - turn any unpickling failure into one clear message
-            raise WeightsFormatError(f"Could not read {path} as a tensor checkpoint (weights_only=True): {err}") from err
+            raise WeightsFormatError(
+                f"Could not read {path} as a tensor checkpoint (weights_only=True): {err}") from err
     for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             meta["wrapper"] = key
@@ -238,10 +239,11 @@ def detect_format(state: Mapping[str, torch.Tensor], meta: Mapping | None = None
         model_type = (meta or {}).get("config", {}).get("model_type", "")
         registers = any(k.endswith("embeddings.register_tokens") for k in keys) or "registers" in model_type
         return "transformers_dinov2_reg" if registers else "transformers_dinov2"
+    layerscale = any(k.endswith(".ls1.gamma") for k in keys)  # DINOv2 blocks have LayerScale, MAE's do not
     if has("decoder_embed.") or has("decoder_blocks.") or (meta or {}).get("wrapper") == "model" and has("blocks."):
         return "mae"
     if "mask_token" in keys and has("blocks."):
-        return "meta_dinov2"
+        return "meta_dinov2" if layerscale or "register_tokens" in keys else "mae"
     if "patch_embed.proj.weight" in keys:
         return "timm_vit"
     if "conv1.weight" in keys and has("layer1.0.conv1."):

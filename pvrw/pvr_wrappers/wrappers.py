@@ -175,9 +175,9 @@ def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return np.ascontiguousarray(padded[:, :, dy:dy + frames.shape[2], dx:dx + frames.shape[3]])
 
 
-def resolve_backbone(backbone: Any, frame_size: tuple[int, int] | None, weights: Any = None, resolution: int | None = None,
-                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, cache: Any = None,
-                     **options: Any) -> Any:
+def resolve_backbone(backbone: Any, frame_size: tuple[int, int] | None, weights: Any = None,
+                     resolution: int | None = None, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32, cache: Any = None, **options: Any) -> Any:
     """A backbone name or object -> the object the wrappers call (wrapped in ``CachedBackbone`` if ``cache``)."""
     if isinstance(backbone, str):
         if resolution is None:
