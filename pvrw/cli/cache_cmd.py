@@ -141,8 +141,15 @@ def _algorithm_class(name: str) -> type:
     show_default=True,
     help="Storage dtype of the features (computation stays float32).",
 )
+@click.option(
+    "--compression",
+    type=click.Choice(["lzf", "gzip", "none"]),
+    default="lzf",
+    show_default=True,
+    help="HDF5 compression of new feature sets ('none' writes large maps such as resnet18's fastest).",
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device for the backbones.")
-def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, device):
+def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compression, device):
     """Extract features of every recorded frame for one or more backbones (resumable)."""
     with _user_errors():
         from pvrw.feature_cache.extraction import extract_features
@@ -157,7 +164,10 @@ def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, devic
             with EpisodeDataset(frames_path) as dataset:
                 resolution = int(dataset.frame_shape[-1])
         backbones = [create_backbone(n, weights=weight_of[n], resolution=resolution, device=device) for n in names]
-        report = extract_features(frames_path, backbones, out, batch_size=batch_size, dtype=dtype, progress=True)
+        report = extract_features(
+            frames_path, backbones, out, batch_size=batch_size, dtype=dtype, progress=True,
+            compression=None if compression == "none" else compression,
+        )
     for name, r in report.items():
         click.echo(f"{name}: {r['extracted']} frames extracted, {r['done_before']} already there, {r['total']} total -> {out}")
 

@@ -243,6 +243,7 @@ class Table:
             raise FeatureCacheError(f"{group.file.filename}:{group.name} has no '{COUNTER}' counter; the file is corrupt")
         self.group = group
         self.counter = group[COUNTER]
+        self._datasets: dict[str, h5py.Dataset] = {}
 
     @staticmethod
     def create(group: h5py.Group, n_slots: int) -> Table:
@@ -286,7 +287,9 @@ class Table:
 
     def append(self, column: str, rows: np.ndarray, start: int) -> int:
         """Write ``rows`` at ``start`` (the committed end of the column's slot) and flush; return the new end."""
-        ds = self.group[column]
+        ds = self._datasets.get(column)
+        if ds is None:  # h5py group lookups are slow (~1 ms in SWMR mode): keep the handles
+            ds = self._datasets[column] = self.group[column]
         end = start + len(rows)
         if ds.shape[0] != end:
             ds.resize(end, axis=0)

@@ -28,6 +28,7 @@ def extract_features(
     dtype: str = "float32",
     progress: bool = False,
     max_frames: int | None = None,
+    compression: str | None = "lzf",
 ) -> dict[str, dict[str, int]]:
     """Append features of the committed frames of ``frames_path`` to ``out``, one feature set per backbone.
 
@@ -40,6 +41,7 @@ def extract_features(
     :param dtype: storage dtype of new sets (``float32``, ``float16``, ``bfloat16``).
     :param progress: show a tqdm bar per backbone.
     :param max_frames: stop after this many frames of the dataset (``None``: all).
+    :param compression: HDF5 filter of new sets, see :meth:`FeatureStore.require_set`.
     :returns: per set name, ``{"done_before": rows found, "extracted": rows added, "total": frames}``.
     """
     if batch_size < 1:
@@ -52,7 +54,7 @@ def extract_features(
     with EpisodeDataset(frames_path) as dataset, FeatureStore(out, "a") as store:
         total = dataset.num_frames if max_frames is None else min(max_frames, dataset.num_frames)
         store.require_episode_index(dataset.uuid, os.fspath(frames_path))
-        feature_sets = [store.require_set(FeatureSpec.from_backbone(b, dtype=dtype)) for b in backbones]
+        feature_sets = [store.require_set(FeatureSpec.from_backbone(b, dtype=dtype), compression=compression) for b in backbones]
         _copy_episode_index(dataset, store)
         for backbone, feature_set in zip(backbones, feature_sets):
             done = len(feature_set)

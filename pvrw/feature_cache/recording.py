@@ -166,12 +166,22 @@ class EpisodeDataset:
             self._file.close()
             raise FeatureCacheError(f"{self.path} is an empty episode dataset (no episode was ever committed)")
         self._table = Table(self._file)
+        self._frames = self._file["frames"]
         self._counts = self._table.counts()
+        self._num_frames = self._committed_frames()
 
     def refresh(self) -> None:
+        """Follow a recording in progress: see the episodes committed since opening."""
         for ds in self._table.columns():
             ds.refresh()
         self._counts = self._table.counts(refresh=True)
+        self._num_frames = self._committed_frames()
+
+    def _committed_frames(self) -> int:
+        n = self.num_episodes
+        if n == 0:
+            return 0
+        return int(self._file["episode_frame_start"][n - 1] + self._file["episode_num_steps"][n - 1] + 1)
 
     @property
     def uuid(self) -> str:
@@ -200,16 +210,13 @@ class EpisodeDataset:
     @property
     def num_frames(self) -> int:
         """Frames of committed episodes (frames past the last committed episode are not trusted)."""
-        n = self.num_episodes
-        if n == 0:
-            return 0
-        return int(self._file["episode_frame_start"][n - 1] + self._file["episode_num_steps"][n - 1] + 1)
+        return self._num_frames
 
     def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.num_frames if stop is None else stop
         if not 0 <= start <= stop <= self.num_frames:
             raise IndexError(f"frames [{start}, {stop}) out of range: {self.path} has {self.num_frames} committed frames")
-        return self._file["frames"][start:stop]
+        return self._frames[start:stop]
 
     def episode_table(self) -> dict[str, np.ndarray]:
         """Per-episode columns (frame_start, step_start, num_steps, seed, return, success) of committed episodes."""

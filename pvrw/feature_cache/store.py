@@ -29,6 +29,7 @@ FORMAT = "pvrw.features"
 DTYPES = ("float32", "float16", "bfloat16")
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 HASH_BYTES = 16
+COMPRESSIONS = ("lzf", "gzip", None)
 
 
 def encode(features: np.ndarray, dtype: str) -> np.ndarray:
@@ -140,9 +141,13 @@ class _ChunkCache:
     def gather(self, indices: np.ndarray, n_committed: int) -> np.ndarray:
         chunk = indices // self.rows
         offset = indices % self.rows
-        out = np.empty((len(indices), *self.dataset.shape[1:]), dtype=self.dataset.dtype)
         n_full = n_committed // self.rows
         in_full = chunk < n_full
+        if self.n_slots and len(self.slot_of_chunk) >= n_full and in_full.all():
+            slots = self.slot_of_chunk[chunk]
+            if (slots >= 0).all():  # the fast path once warm: one NumPy gather
+                return self.slab[slots, offset]
+        out = np.empty((len(indices), *self.dataset.shape[1:]), dtype=self.dataset.dtype)
         if (~in_full).any():  # rows of the last, partly committed chunk: read directly, never cached
             tail_start = n_full * self.rows
             tail = self.dataset[tail_start:n_committed]
@@ -212,7 +217,11 @@ class FeatureSet:
 
     @property
     def _table(self) -> Table:
-        return Table(self._group)
+        """The set's table, re-fetched only after the writer reopened its file (h5py lookups are slow)."""
+        if getattr(self, "_table_generation", None) != self.store._file_generation:
+            self._cached_table = Table(self._group)
+            self._table_generation = self.store._file_generation
+        return self._cached_table
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -353,8 +362,15 @@ class FeatureStore:
             self._sets[name] = FeatureSet(self, name, self._cache_bytes)
         return self._sets[name]
 
-    def require_set(self, spec: FeatureSpec, name: str | None = None) -> FeatureSet:
-        """The set called ``name`` (default: the backbone name), created if absent, refused if it mismatches ``spec``."""
+    def require_set(self, spec: FeatureSpec, name: str | None = None, compression: str | None = "lzf") -> FeatureSet:
+        """The set called ``name`` (default: the backbone name), created if absent, refused if it mismatches ``spec``.
+
+        :param compression: HDF5 filter of a new set's features: ``"lzf"`` (fast; ReLU maps shrink a lot), ``"gzip"``
+            (smaller, slower) or ``None`` (fastest writes: large float rows such as ResNet maps cost real CPU to
+            compress, see benchmarks/bench_feature_cache.py).
+        """
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression {compression!r} is not supported; use one of {COMPRESSIONS}")
         name = name or spec.backbone
         if name in self:
             spec.check_matches(FeatureSpec.from_attrs(self._file["sets"][name]), f"feature set {name!r} in {self.path}")
@@ -363,7 +379,7 @@ class FeatureStore:
         group = self._file.require_group("sets").create_group(name)
         spec.write_attrs(group)
         table = Table.create(group, n_slots=1)
-        table.create_column("features", spec.output_shape, _STORAGE[spec.dtype])
+        table.create_column("features", spec.output_shape, _STORAGE[spec.dtype], compression=compression)
         table.create_column("frame_hash", (HASH_BYTES,), np.uint8, chunk_rows=4096)
         self._file.flush()
         return self.get_set(name)
