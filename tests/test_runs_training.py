@@ -120,3 +120,25 @@ def test_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
     model = DrM.load(rd.checkpoints / json.loads(rd.latest.read_text())["dir"] / "model.zip")
     model.load_replay_buffer(rd.checkpoints / json.loads(rd.latest.read_text())["dir"] / "replay_buffer.pkl")
     assert model.num_timesteps == frames and model.replay_buffer.size() == frames
+
+
+def test_pvr_run_embeds_frames_with_a_registered_backbone(tmp_path):
+    """The PVR path end to end with a tiny user backbone: features in, DrM MlpPolicy, frames from render()."""
+    import test_runs_tinyenv  # noqa: F401
+    import torch
+
+    from pvrw.pvr_wrappers import register_backbone
+    from pvrw.runs.envs import make_run_env
+
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    register_backbone("tiny_test_pool", module=pooled, output_shape=(6,), overwrite=True)
+    config = tiny_config(env="test_runs_tinyenv:TinyPixels-v0", pvr="tiny_test_pool", resolution=32, frames=60,
+                         eval_every=30, eval_episodes=1, checkpoint_every=30)  # fmt: skip
+    env = make_run_env(config)
+    assert env.observation_space.shape == (2, 6)  # TinyPixels stacks 2 frames: one embedding per frame
+    env.close()
+    status = run_training(config, tmp_path / "run")
+    assert status.state == "finished" and status.frames == 60
+    evals = read_metrics(RunDir(tmp_path / "run").metrics, "eval")
+    assert [r["frames"] for r in evals] == [30, 60]
+    assert len(list((tmp_path / "run" / "videos").glob("*.mp4"))) == 2  # pixels recorded under the feature wrapper

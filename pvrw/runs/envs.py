@@ -95,12 +95,15 @@ def make_run_env(
     if uses_pvr:
         from pvrw.pvr_wrappers import PVRObservation
 
+        pvr_kwargs = dict(config.pvr_kwargs)
+        if not _is_pixel_space(env.observation_space):
+            pvr_kwargs.setdefault("source", "render")  # a state env: embed its rendered frames
         env = PVRObservation(
             env,
             backbone if backbone is not None else config.pvr,
             **({} if backbone is not None else {"weights": config.weights, "resolution": config.resolution}),
             device=resolve_device(config.device),
-            **config.pvr_kwargs,
+            **pvr_kwargs,
         )
     return env
 
