@@ -4,8 +4,9 @@ For each backbone and resolution (RANDOM weights: speed does not depend on the v
 
 * images/s of a bare forward pass (uint8 -> resize/normalise -> features) at batch 1 and batched;
 * the wrapper's overhead: ``PVRObservation`` stepping a frame-stack-3 env that replays pre-rendered frames (one new
-  frame per step, so one backbone pass per step), against the bare batch-1 forward of the same frames. Rounds of the
-  two alternate (ABAB...) and the median per-step times are compared, so load from other processes hits both.
+  frame per step, so one backbone pass per step), against the bare batch-1 forward of the same frames, paired and
+  alternated step by step so that load from other processes hits both; and the wrapper's own step cost with a
+  zero-cost backbone of the same output shape (noise-free for slow backbones, where the paired ratio is noise).
 
 Usage: ``python benchmarks/bench_backbones.py [--backbones resnet18 dinov2] [--resolutions 112] [--seconds 1]``.
 On a shared CPU the numbers are noisy; the overhead target is < 5%.
@@ -59,27 +60,53 @@ def rate(fn, n_items: int, seconds: float, min_reps: int = 2) -> float:
     return reps * n_items / (time.perf_counter() - start)
 
 
-def overhead(backbone, pool: np.ndarray, steps: int, rounds: int) -> tuple[float, float]:
-    """Median seconds per step: (bare batch-1 forward of the step's new frame, PVRObservation.step)."""
+def overhead(backbone, pool: np.ndarray, steps: int) -> tuple[float, float]:
+    """Median seconds per step, paired step by step: (bare batch-1 forward of the step's new frame,
+    ``PVRObservation.step``). The order alternates every step so that load drift hits both alike."""
     env = PVRObservation(ReplayEnv(pool), backbone)
     env.reset()
-    bare_times, wrapped_times = [], []
     tensors = [torch.from_numpy(pool[i:i + 1]) for i in range(len(pool))]
-    t = 0
-    for _ in range(rounds):
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for _ in range(steps):
-                t += 1
-                backbone.model(backbone.preprocess(tensors[t % len(pool)]))
-        bare_times.append((time.perf_counter() - start) / steps)
-        start = time.perf_counter()
-        for _ in range(steps):
-            env.step(None)
-        wrapped_times.append((time.perf_counter() - start) / steps)
+    bare, wrapped = [], []
+    for i in range(steps + 1):
+        frame = tensors[(env.env.t + 1) % len(pool)]  # the frame the next env step shows
+        order = ("bare", "wrapped") if i % 2 else ("wrapped", "bare")
+        times = {}
+        for what in order:
+            start = time.perf_counter()
+            if what == "bare":
+                with torch.inference_mode():
+                    backbone.model(backbone.preprocess(frame))
+            else:
+                env.step(None)
+            times[what] = time.perf_counter() - start
+        if i:  # step 0 is a warm-up
+            bare.append(times["bare"])
+            wrapped.append(times["wrapped"])
     # the reset stack holds 3 distinct frames, then exactly one new frame per step
-    assert env.embedder.frames_embedded == 3 + rounds * steps, env.embedder.frames_embedded
-    return statistics.median(bare_times), statistics.median(wrapped_times)
+    assert env.embedder.frames_embedded == 3 + steps + 1, env.embedder.frames_embedded
+    return statistics.median(bare), statistics.median(wrapped)
+
+
+class NullBackbone:
+    """Same interface and output shape as a backbone, zero compute: isolates the wrapper's own cost."""
+
+    def __init__(self, backbone) -> None:
+        self.name, self.output_shape, self.fingerprint = backbone.name, backbone.output_shape, "null"
+
+    def embed(self, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return np.zeros((len(frames), *self.output_shape), np.float32)
+
+
+def wrapper_only_cost(backbone, pool: np.ndarray, steps: int = 300) -> float:
+    """Median seconds per ``PVRObservation.step`` with a zero-cost backbone of the same output shape."""
+    env = PVRObservation(ReplayEnv(pool), NullBackbone(backbone))
+    env.reset()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        env.step(None)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -88,8 +115,7 @@ def main() -> None:
     parser.add_argument("--resolutions", nargs="+", type=int, default=[112, 224])
     parser.add_argument("--batch", type=int, default=8, help="batched measurement size")
     parser.add_argument("--seconds", type=float, default=1.5, help="minimum time per throughput measurement")
-    parser.add_argument("--steps", type=int, default=0, help="env steps per overhead round (0: auto, ~0.5 s)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating overhead rounds")
+    parser.add_argument("--steps", type=int, default=0, help="paired overhead steps (0: auto, ~2 s of forwards)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     args = parser.parse_args()
     if args.threads:
@@ -110,21 +136,25 @@ def main() -> None:
             many = torch.from_numpy(np.resize(pool, (args.batch, 3, side, side)))
             with torch.inference_mode():
                 b1 = rate(lambda: bb.model(bb.preprocess(one)), 1, args.seconds)
-                bn = rate(lambda: bb.model(bb.preprocess(many)), args.batch, args.seconds)
-            steps = args.steps or max(2, min(200, int(0.5 * b1)))
-            bare, wrapped = overhead(bb, pool, steps, args.rounds)
-            rows.append((name, side, bb.output_shape, b1, bn, bare * 1e3, wrapped * 1e3, wrapped / bare - 1))
+                bn = rate(lambda: bb.model(bb.preprocess(many)), args.batch, args.seconds, min_reps=1)
+            steps = args.steps or max(5, min(200, int(2 * b1)))
+            bare, wrapped = overhead(bb, pool, steps)
+            own = wrapper_only_cost(bb, pool)
+            rows.append((name, side, bb.output_shape, b1, bn, bare * 1e3, wrapped * 1e3, wrapped / bare - 1,
+                         own * 1e3, own / bare))
             print(f"  measured {name} @ {side}", flush=True)
 
-    print(f"\nRANDOM weights; torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}; "
-          f"overhead: median of {args.rounds} alternating rounds")
+    print(f"\nRANDOM weights; torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}. "
+          "Overhead: frame stack 3, one new frame per step; 'paired' = median PVRObservation.step / median bare "
+          "forward of the same frame, alternated step by step; 'own' = the wrapper's step time with a zero-cost "
+          "backbone of the same output shape, relative to the bare forward.")
     header = (f"{'backbone':<11} {'side':>4} {'output':<14} {'img/s b=1':>9} {f'img/s b={args.batch}':>10} "
-              f"{'bare ms/step':>12} {'wrapper ms/step':>15} {'overhead':>8}")
+              f"{'bare ms':>8} {'wrapped ms':>10} {'paired':>7} {'own ms':>7} {'own %':>6}")
     print(header)
     print("-" * len(header))
-    for name, side, shape, b1, bn, bare, wrapped, over in rows:
-        print(f"{name:<11} {side:>4} {str(shape):<14} {b1:>9.1f} {bn:>10.1f} {bare:>12.2f} {wrapped:>15.2f} "
-              f"{over:>+8.1%}")
+    for name, side, shape, b1, bn, bare, wrapped, over, own, own_rel in rows:
+        print(f"{name:<11} {side:>4} {str(shape):<14} {b1:>9.1f} {bn:>10.1f} {bare:>8.2f} {wrapped:>10.2f} "
+              f"{over:>+7.1%} {own:>7.3f} {own_rel:>6.2%}")
 
 
 if __name__ == "__main__":
