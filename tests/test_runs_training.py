@@ -142,3 +142,19 @@ def test_pvr_run_embeds_frames_with_a_registered_backbone(tmp_path):
     evals = read_metrics(RunDir(tmp_path / "run").metrics, "eval")
     assert [r["frames"] for r in evals] == [30, 60]
     assert len(list((tmp_path / "run" / "videos").glob("*.mp4"))) == 2  # pixels recorded under the feature wrapper
+
+
+def test_sac_on_metaworld_frame_stacks_stores_each_frame_once_unless_a_buffer_is_named():
+    from pvrw.drm.buffers import DrMReplayBuffer
+    from pvrw.runs.config import ConfigError
+    from pvrw.runs.training import algo_constructor_kwargs
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    kwargs = algo_constructor_kwargs(build_config({"algo": "sac", "gamma": 0.98}))
+    assert kwargs["replay_buffer_class"] is DrMReplayBuffer
+    assert kwargs["replay_buffer_kwargs"] == {"n_steps": 1, "gamma": 0.98}
+    named = {"algo": "td3", "replay_buffer_class": "stable_baselines3.common.buffers:ReplayBuffer"}
+    assert algo_constructor_kwargs(build_config(named))["replay_buffer_class"] is ReplayBuffer
+    assert "replay_buffer_class" not in algo_constructor_kwargs(build_config({"algo": "sac", "env": "Pendulum-v1"}))
+    with pytest.raises(ConfigError, match="cannot import 'nowhere:Buffer'"):
+        algo_constructor_kwargs(build_config({"algo": "sac", "replay_buffer_class": "nowhere:Buffer"}))

@@ -7,6 +7,7 @@ last checkpoint, with ``metrics.csv`` cut back to that checkpoint, so nothing is
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import traceback
@@ -34,16 +35,46 @@ def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
             )
 
 
+def _import_object(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"algo_kwargs: cannot import {spec!r} (expected 'package.module:Name'): {err}") from None
+
+
+def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
+    """``config.algo_kwargs`` made ready for the constructor.
+
+    ``replay_buffer_class`` may be written ``"package.module:Class"`` in YAML. SAC/TD3 on Meta-World frame stacks
+    get :class:`~pvrw.drm.buffers.DrMReplayBuffer` (one-step, each frame stored once) unless a buffer is named:
+    SB3's default buffer would store every stack twice (over 200 GB for 1M transitions at 112 px); the sampled
+    transitions are the same.
+    """
+    kwargs = dict(config.algo_kwargs)
+    if isinstance(kwargs.get("replay_buffer_class"), str):
+        kwargs["replay_buffer_class"] = _import_object(kwargs["replay_buffer_class"])
+    if config.algo in ("sac", "td3") and config.is_metaworld and config.frame_stack > 1 and "replay_buffer_class" not in kwargs:
+        from pvrw.drm.buffers import DrMReplayBuffer
+
+        kwargs["replay_buffer_class"] = DrMReplayBuffer
+        kwargs["replay_buffer_kwargs"] = {
+            "n_steps": kwargs.get("n_steps", 1),
+            "gamma": kwargs.get("gamma", 0.99),
+            **(kwargs.get("replay_buffer_kwargs") or {}),
+        }
+    return kwargs
+
+
 def build_model(config: RunConfig, env: Any) -> Any:
     """A new algorithm instance for ``config`` on ``env``."""
     from pvrw.runs.envs import default_policy, resolve_device
 
     algo_class = load_algo_class(config.algo)
     policy = default_policy(config, env.observation_space)
+    kwargs = algo_constructor_kwargs(config)
     try:
-        return algo_class(
-            policy, env, seed=config.seed, device=resolve_device(config.device), verbose=0, **config.algo_kwargs
-        )
+        return algo_class(policy, env, seed=config.seed, device=resolve_device(config.device), verbose=0, **kwargs)
     except (TypeError, ValueError, KeyError) as err:
         raise ConfigError(f"algo_kwargs: {algo_class.__name__}({policy!r}, ...) refused the configuration: {err}") from err
 
