@@ -20,12 +20,12 @@ def find_benchmarks(directory: Path) -> dict[str, Path]:
 
 
 def summary(path: Path) -> str:
-    """First line of a script's module docstring ('' if none)."""
+    """First paragraph of a script's module docstring, on one line ('' if none)."""
     try:
         doc = ast.get_docstring(ast.parse(path.read_text()))
     except SyntaxError:
         return "(does not parse)"
-    return doc.strip().splitlines()[0] if doc else ""
+    return " ".join(doc.strip().split("\n\n")[0].split()) if doc else ""
 
 
 @click.command("bench", context_settings={"ignore_unknown_options": True})
