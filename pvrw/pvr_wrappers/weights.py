@@ -186,9 +186,13 @@ def missing_weights_message(name: str, sources: WeightSources, looked: Iterable[
     lines.append("How to get them:")
     lines.append(f"  - on a machine with network: `pvrw download {name}` (fills the HF / torch hub cache), then copy "
                  "the cache here;")
-    names = ", ".join(sources.filenames or [hf.filename for hf in sources.hf_files])
-    lines.append(f"  - or copy the file ({names}) into ${WEIGHTS_DIR_ENV} (or ${WEIGHTS_DIR_ENV}/{name}/), "
-                 "or pass weights=PATH;")
+    if sources.filenames:
+        files = ", ".join(sources.filenames)
+        lines.append(f"  - or copy {files} into ${WEIGHTS_DIR_ENV} (or ${WEIGHTS_DIR_ENV}/{name}/);")
+    hub_names = sorted({hf.filename + (" + config.json" if hf.transformers_folder else "") for hf in sources.hf_files})
+    if hub_names:
+        lines.append(f"  - or copy a hub download ({' or '.join(hub_names)}) into ${WEIGHTS_DIR_ENV}/{name}/;")
+    lines.append("  - or pass weights=PATH (a file or folder in any of these formats);")
     lines.append('  - weights="random" builds the architecture with random weights, for smoke tests only.')
     return "\n".join(lines)
 
