@@ -79,11 +79,24 @@ def variant_rows(
     return rows
 
 
+def _env_action_dim(env_id: str) -> int:
+    from pvrw.runs.config import RunConfig
+    from pvrw.runs.envs import make_run_env
+
+    env = make_run_env(RunConfig(env=env_id, resolution=64, frame_stack=1, video=False))
+    try:
+        return int(env.action_space.shape[0])
+    finally:
+        env.close()
+
+
 @click.command("params")
 @click.option("--resolution", "resolutions", default="112,224", show_default=True, help="Comma-separated resolutions.")
 @click.option("--frame-stack", type=click.IntRange(min=1), default=3, show_default=True, help="Frames per observation.")
-@click.option("--action-dim", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Action dimension (Meta-World: 4).")  # fmt: skip
+@click.option("--action-dim", type=click.IntRange(min=1), default=None,
+              help="Action dimension. [default: the --env's, 4 for Meta-World]")  # fmt: skip
+@click.option("--env", default=None, help="Task whose action dimension is used (built once to read it), e.g. "
+              "metaworld/push-v3. [default: none, Meta-World's 4]")  # fmt: skip
 @click.option("--variant", type=click.Choice(["drm", "drm_mw"]), default="drm", show_default=True,
               help="DrM variant (heads and n-step differ).")  # fmt: skip
 @click.option("--feature-dim", type=click.IntRange(min=1), default=50, show_default=True, help="DrM trunk output size.")
@@ -96,7 +109,8 @@ def variant_rows(
 def params(
     resolutions: str,
     frame_stack: int,
-    action_dim: int,
+    action_dim: int | None,
+    env: str | None,
     variant: str,
     feature_dim: int,
     hidden_dim: int,
@@ -116,6 +130,8 @@ def params(
         res_list = [int(r) for r in resolutions.split(",") if r.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {resolutions!r}", param_hint="--resolution") from None
+    if action_dim is None:
+        action_dim = _env_action_dim(env) if env else 4
     rows = variant_rows(
         res_list, frame_stack, action_dim, variant, buffer_size, "float16" if float16 else None, feature_dim, hidden_dim
     )
@@ -126,7 +142,10 @@ def params(
         f"{'variant':<16}{'res':>5}  {'observation':<16}{'encoder':>12}{'actor':>12}{'critic':>12}{'value':>12}"
         f"{'total':>13}{'replay GB':>11}{'SB3 GB':>9}"
     )
-    click.echo(f"DrM ({variant}) trainable parameters; replay memory for {buffer_size:,} transitions")
+    click.echo(
+        f"DrM ({variant}) trainable parameters, {action_dim}-d actions, frame stack {frame_stack}; "
+        f"replay memory for {buffer_size:,} transitions"
+    )
     click.echo(header)
     click.echo("-" * len(header))
     for r in rows:
