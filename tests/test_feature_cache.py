@@ -274,6 +274,62 @@ def test_cache_refuses_other_weights_and_rounds_consistently(tmp_path):
         CachedBackbone(other, path, dtype="float16")
     with pytest.raises(FeatureSetMismatchError, match="resolution: file has 16, requested 32"):
         CachedBackbone(tiny_backbone(seed=0, resolution=32), path, dtype="float16")
+    with FeatureStore(path) as store:  # the refused caches released the file
+        assert len(store.get_set("fc_tiny")) == 4
+
+
+CACHE_WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from pvrw.feature_cache import CachedBackbone
+    class StandIn:
+        name, fingerprint, resolution, preprocessing, output_shape = "standin", "random", 16, "x/255", (4,)
+        def embed(self, frames, batch_size=64):
+            return frames.reshape(len(frames), -1)[:, :4].astype(np.float32) / 255
+    frames = np.random.default_rng(0).integers(0, 256, (8, 3, 16, 16), dtype=np.uint8)
+    cached = CachedBackbone(StandIn(), sys.argv[1])
+    cached.embed(frames)
+    cached.flush()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    cached.close()
+    """
+)
+
+
+class StandIn:
+    """A NumPy-only object with the FrozenBackbone interface (the same as in CACHE_WRITER)."""
+
+    name, fingerprint, resolution, preprocessing, output_shape = "standin", "random", 16, "x/255", (4,)
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, frames, batch_size=64):
+        self.calls += len(frames)
+        return frames.reshape(len(frames), -1)[:, :4].astype(np.float32) / 255
+
+
+def test_cache_written_by_another_process_is_used_read_only(tmp_path, caplog):
+    script = tmp_path / "cache_writer.py"
+    script.write_text(CACHE_WRITER)
+    path = tmp_path / "cache.h5"
+    writer = subprocess.Popen([sys.executable, str(script), str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        backbone = StandIn()
+        with CachedBackbone(backbone, path) as cached:
+            assert not cached.writable and "read-only" in caplog.text
+            frames = random_frames(10)
+            np.testing.assert_array_equal(cached.embed(frames), StandIn().embed(frames))
+            assert backbone.calls == 2 and (cached.stats.hits, cached.stats.misses) == (8, 2)
+    finally:
+        writer.stdin.write("done\n")
+        writer.stdin.close()
+        assert writer.wait(timeout=60) == 0
+    with FeatureStore(path) as store:
+        assert len(store.get_set("standin")) == 8  # the read-only user wrote nothing
 
 
 def test_two_backbones_share_one_cache_file(tmp_path):

@@ -134,9 +134,16 @@ class CachedBackbone:
         self.flush_every = int(flush_every)
         self.stats = CacheStats()
         self.writable = write
-        self._store = self._open_store()
-        self._set: FeatureSet | None = self._find_set(set_name or self.spec.backbone)
         self._set_name = set_name or self.spec.backbone
+        self._store = self._open_store()
+        self._closed = False
+        try:
+            self._set: FeatureSet | None = self._find_set(self._set_name) if self._store is not None else None
+            if self.writable:
+                self._store._ensure_swmr()  # from now on other processes can open the file read-only
+        except BaseException:
+            self.close()
+            raise
         self._index: dict[bytes, int] = {}
         if self._set is not None:
             for row, digest in enumerate(self._set.hashes()):
@@ -148,7 +155,8 @@ class CachedBackbone:
         _LIVE.add(self)
 
     # --- opening ---
-    def _open_store(self) -> FeatureStore:
+    def _open_store(self) -> FeatureStore | None:
+        """The shared writable store; read-only if another process writes the file; None if it cannot be read now."""
         if self.writable:
             try:
                 return _SHARED.acquire(self.path)
@@ -157,7 +165,11 @@ class CachedBackbone:
                 self.writable = False
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"feature cache {self.path} does not exist and write=False")
-        return FeatureStore(self.path, "r")
+        try:
+            return FeatureStore(self.path, "r")
+        except FileBusyError as error:
+            logger.warning("%s; running %s without its feature cache", error, self.spec.backbone)
+            return None
 
     def _find_set(self, name: str) -> FeatureSet | None:
         if name in self._store:
@@ -248,14 +260,16 @@ class CachedBackbone:
 
     def close(self) -> None:
         """Write buffered rows and release the file (idempotent)."""
-        store = self.__dict__.get("_store")
+        if self.__dict__.get("_closed", True):  # closed, or __init__ failed before opening
+            return
+        self._closed = True
+        store = self._store
         if store is None:
             return
         try:
-            if self.writable:
+            if self.writable and self.__dict__.get("_pending_rows"):
                 self.flush()
         finally:
-            self._store = None
             if self.writable:
                 _SHARED.release(store)
             else:
