@@ -247,3 +247,26 @@ def test_cli_record_metaworld_expert(tmp_path):
         assert ds.attrs["policy"] == "expert" and episode["frames"].shape == (4, 3, 32, 32)
         assert episode["truncated"].tolist() == [False, False, True]
         assert np.abs(episode["actions"]).max() > 0 and episode["frames"].std() > 0
+
+
+def test_pvr_observation_with_cache_reuses_features_across_runs(tmp_path):
+    from pvrw.pvr_wrappers import PVRObservation
+
+    backbone = tiny_backbone(seed=0)
+    path = tmp_path / "cache.h5"
+
+    def run_episode():
+        env = PVRObservation(TimeLimit(TinyPixelEnv(), 6), backbone, cache=path)
+        observations = [env.reset(seed=3)[0]]
+        for a in np.linspace(-1, 1, 12).reshape(6, 2):
+            observations.append(env.step(a)[0])
+        info = env.backbone.cache_info()
+        env.backbone.close()
+        return np.stack(observations), info
+
+    first, info = run_episode()
+    assert backbone.frames_seen == 7 and info["misses"] == 7 and info["hits"] == 0
+    again, info = run_episode()  # a re-run (e.g. a repeated evaluation episode) costs no backbone pass
+    assert backbone.frames_seen == 7 and info["hits"] == 7 and info["misses"] == 0
+    np.testing.assert_array_equal(again, first)
+    assert first.shape == (7, 1, 16)
