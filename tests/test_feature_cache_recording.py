@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -270,3 +275,38 @@ def test_pvr_observation_with_cache_reuses_features_across_runs(tmp_path):
     assert backbone.frames_seen == 7 and info["hits"] == 7 and info["misses"] == 0
     np.testing.assert_array_equal(again, first)
     assert first.shape == (7, 1, 16)
+
+
+EPISODE_WRITER = """
+import sys, numpy as np
+from pvrw.feature_cache.recording import EpisodeWriter
+writer = EpisodeWriter(sys.argv[1], (3, 16, 16), 2)
+for e in range(10**6):
+    steps = 5 + e % 4
+    frames = np.full((steps + 1, 3, 16, 16), e % 256, np.uint8)
+    no = np.zeros(steps, bool)
+    print(writer.add_episode(frames, np.full((steps, 2), e, np.float32), np.ones(steps), no, no, no, seed=e), flush=True)
+"""
+
+
+def test_recording_killed_mid_episode_keeps_committed_episodes(tmp_path):
+    script, path = tmp_path / "rec.py", tmp_path / "episodes.h5"
+    script.write_text(EPISODE_WRITER)
+    writer = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+    for line in writer.stdout:
+        if int(line) >= 30:
+            break
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    with EpisodeDataset(path) as ds:
+        n = ds.num_episodes
+        assert n >= 30
+        for e in (0, n // 2, n - 1):
+            episode = ds.episode(e)
+            assert len(episode["actions"]) == 5 + e % 4 and (episode["frames"] == e % 256).all()
+            assert (episode["actions"] == e).all()
+        assert ds.num_frames == sum(6 + e % 4 for e in range(n))
+    result = invoke("cache", "repair", path)
+    assert result.exit_code == 0, result.output
+    with EpisodeDataset(path) as ds:  # repaired: committed episodes only, nothing half-written left
+        assert ds.num_episodes == n and ds._file["frames"].shape[0] == ds.num_frames
