@@ -4,9 +4,9 @@ import json
 
 import click
 import pytest
+import test_runs_tinyenv  # noqa: F401  (registers the tiny envs)
 from click.testing import CliRunner
 
-import test_runs_tinyenv  # noqa: F401  (registers the tiny envs)
 from pvrw.cli import main
 from pvrw.runs.layout import RunStatus
 from pvrw.runs.metrics import read_metrics
@@ -137,6 +137,8 @@ def test_bad_config_file_key_is_named_with_the_file(tmp_path):
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
     run = tmp_path / "run"
-    assert invoke("train", *TINY, "--frames", "30", "--eval-episodes", "1", "--no-video", "--out", str(run)).exit_code == 0
+    assert (
+        invoke("train", *TINY, "--frames", "30", "--eval-episodes", "1", "--no-video", "--out", str(run)).exit_code == 0
+    )
     result = CliRunner().invoke(main, ["train", *TINY, "--out", str(run)])
     assert result.exit_code == 2 and f"pvrw train --resume {run}" in result.output

@@ -7,14 +7,18 @@ make_env's (3*frame_stack, H, W); ``info`` carries make_env's ``success`` (any s
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gymnasium as gym
 import numpy as np
 
 
 class TinyPixels(gym.Env):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, size: int = 36, frame_stack: int = 2, max_steps: int = 20, render_mode: str | None = "rgb_array"):
+    def __init__(
+        self, size: int = 36, frame_stack: int = 2, max_steps: int = 20, render_mode: str | None = "rgb_array"
+    ):
         self.size, self.frame_stack, self.max_steps, self.render_mode = size, frame_stack, max_steps, render_mode
         self.observation_space = gym.spaces.Box(0, 255, (3 * frame_stack, size, size), np.uint8)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)

@@ -1,5 +1,6 @@
 """run_training end to end on a tiny env: the run directory, idempotence, and a killed-and-resumed run."""
 
+import itertools
 import json
 import os
 import signal
@@ -113,7 +114,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
     assert [r["frames"] for r in train] == list(range(20, frames + 1, 20))
     assert [r["episode"] for r in train] == list(range(1, frames // 20 + 1))
     assert [r["frames"] for r in evals] == [100, 200, 300, 400]
-    assert all(b["wall_time"] >= a["wall_time"] for a, b in zip(train, train[1:]))
+    assert all(b["wall_time"] >= a["wall_time"] for a, b in itertools.pairwise(train))
     # the replay buffer came back with the model: it holds every transition of the run, not only the resumed part
     from pvrw.drm import DrM
 
@@ -145,10 +146,11 @@ def test_pvr_run_embeds_frames_with_a_registered_backbone(tmp_path):
 
 
 def test_sac_on_metaworld_frame_stacks_stores_each_frame_once_unless_a_buffer_is_named():
+    from stable_baselines3.common.buffers import ReplayBuffer
+
     from pvrw.drm.buffers import DrMReplayBuffer
     from pvrw.runs.config import ConfigError
     from pvrw.runs.training import algo_constructor_kwargs
-    from stable_baselines3.common.buffers import ReplayBuffer
 
     kwargs = algo_constructor_kwargs(build_config({"algo": "sac", "gamma": 0.98}))
     assert kwargs["replay_buffer_class"] is DrMReplayBuffer

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pvrw.runs.config import ALGOS, ConfigError, PRESETS, parse_override, read_yaml
+from pvrw.runs.config import ALGOS, PRESETS, ConfigError, parse_override, read_yaml
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -13,7 +13,9 @@ from pvrw.cli._common import user_errors
 @click.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Evaluation episodes.")
-@click.option("--video/--no-video", default=False, show_default=True, help="Record the first episode to RUN_DIR/videos/.")
+@click.option(
+    "--video/--no-video", default=False, show_default=True, help="Record the first episode to RUN_DIR/videos/."
+)
 @click.option(
     "--deterministic/--stochastic",
     default=True,
@@ -29,11 +31,11 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
     Evaluation envs use the run's evaluation seed (and make_env's fixed-goal mode when it has one), so repeated
     evaluations of one checkpoint see the same tasks. The result is also written to RUN_DIR/eval.json.
     """
+    from pvrw.runs.checkpoint import latest_checkpoint
     from pvrw.runs.config import load_algo_class, load_config
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
     from pvrw.runs.evaluation import evaluate
     from pvrw.runs.layout import RunDir, atomic_write_json
-    from pvrw.runs.checkpoint import latest_checkpoint
 
     rd = RunDir(run_dir)
     if not rd.config.is_file():
@@ -51,7 +53,12 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
         )
         video_path = rd.videos / f"eval_cli_{info.frames:010d}.mp4" if video else None
         result = evaluate(
-            model, env, episodes, deterministic=deterministic, video_path=video_path, seed=config.seed + EVAL_SEED_OFFSET
+            model,
+            env,
+            episodes,
+            deterministic=deterministic,
+            video_path=video_path,
+            seed=config.seed + EVAL_SEED_OFFSET,
         )
     finally:
         env.close()

@@ -129,7 +129,9 @@ def params(
     try:
         res_list = [int(r) for r in resolutions.split(",") if r.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {resolutions!r}", param_hint="--resolution") from None
+        raise click.BadParameter(
+            f"expected comma-separated integers, got {resolutions!r}", param_hint="--resolution"
+        ) from None
     if action_dim is None:
         action_dim = _env_action_dim(env) if env else 4
     rows = variant_rows(

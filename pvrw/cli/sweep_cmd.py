@@ -85,8 +85,8 @@ def sweep(
     --address (ROOT must then be on a filesystem all nodes share); a trial whose worker dies is restarted and
     resumes from its last checkpoint.
     """
-    from pvrw.runs.sweep import STUDY_PVRS, expand_grid, run_local, write_index
     from pvrw.runs.layout import RunDir, RunStatus
+    from pvrw.runs.sweep import STUDY_PVRS, expand_grid, run_local, write_index
 
     pvr_list = list(STUDY_PVRS) if pvrs.strip() == "all" else _split(pvrs)
     seed_values = _ints("--seeds", seeds)
@@ -98,7 +98,14 @@ def sweep(
     for layer in layers:
         base.update(layer)
     runs = expand_grid(
-        root, _split(tasks), pvr_list, _ints("--resolution", resolutions), seed_list, algo=algo, base=base, preset=preset
+        root,
+        _split(tasks),
+        pvr_list,
+        _ints("--resolution", resolutions),
+        seed_list,
+        algo=algo,
+        base=base,
+        preset=preset,
     )
     if not runs:
         raise click.UsageError("the grid is empty: give at least one task, pvr, resolution and seed")
@@ -112,7 +119,13 @@ def sweep(
         return
 
     def report(run, event: str) -> None:
-        words = {"skip": "skip (finished)", "start": "run", "done": "done", "fail": "FAILED", "retry": "restart (worker lost)"}
+        words = {
+            "skip": "skip (finished)",
+            "start": "run",
+            "done": "done",
+            "fail": "FAILED",
+            "retry": "restart (worker lost)",
+        }
         click.echo(f"[{words[event]}] {run.run_dir}")
 
     if backend == "ray":

@@ -20,7 +20,9 @@ def _hyper(name: str, key: str, type_: Any, help_: str):
 @click.command("train", context_settings={"show_default": False})
 @click.option("--algo", type=ALGO_CHOICE, default=None, help=f"Algorithm: DrM or SB3's SAC/TD3. [default: {_D.algo}]")
 @click.option(
-    "--env", default=None, help=f"Task: metaworld/<task-v3> (pixels via pvrw.make_env) or a Gymnasium id. [default: {_D.env}]"
+    "--env",
+    default=None,
+    help=f"Task: metaworld/<task-v3> (pixels via pvrw.make_env) or a Gymnasium id. [default: {_D.env}]",
 )
 @click.option(
     "--pvr",
@@ -36,8 +38,12 @@ def _hyper(name: str, key: str, type_: Any, help_: str):
     default=None,
     help=f"Budget in environment frames = agent steps x action repeat. [default: {_D.frames:,}]",
 )
-@click.option("--frame-stack", type=int, default=None, help=f"Stacked frames per observation. [default: {_D.frame_stack}]")
-@click.option("--action-repeat", type=int, default=None, help=f"Simulator steps per agent step. [default: {_D.action_repeat}]")
+@click.option(
+    "--frame-stack", type=int, default=None, help=f"Stacked frames per observation. [default: {_D.frame_stack}]"
+)
+@click.option(
+    "--action-repeat", type=int, default=None, help=f"Simulator steps per agent step. [default: {_D.action_repeat}]"
+)
 @click.option(
     "--weights",
     default=None,
@@ -49,7 +55,12 @@ def _hyper(name: str, key: str, type_: Any, help_: str):
               "on a CPU shared with other jobs. [default: 0]")  # fmt: skip
 @click.option("--policy", default=None, help="Policy class name. [default: CnnPolicy on pixels, PiegPolicy on resnet18 "
               "maps (DrM), MlpPolicy on features]")  # fmt: skip
-@click.option("--eval-every", type=int, default=None, help=f"Evaluate every N frames (0: at the end only). [default: {_D.eval_every:,}]")
+@click.option(
+    "--eval-every",
+    type=int,
+    default=None,
+    help=f"Evaluate every N frames (0: at the end only). [default: {_D.eval_every:,}]",
+)
 @click.option("--eval-episodes", type=int, default=None, help=f"Episodes per evaluation. [default: {_D.eval_episodes}]")
 @click.option(
     "--checkpoint-every",
@@ -63,7 +74,12 @@ def _hyper(name: str, key: str, type_: Any, help_: str):
 @_hyper("--batch-size", "batch_size", int, "Minibatch size. [default: the algorithm's; DrM 256]")
 @_hyper("--learning-rate", "learning_rate", float, "Learning rate. [default: the algorithm's; DrM 1e-4]")
 @_hyper("--buffer-size", "buffer_size", int, "Replay buffer capacity in transitions. [default: 1,000,000]")
-@_hyper("--learning-starts", "learning_starts", int, "Agent steps before the first update. [default: the algorithm's; DrM 2000]")
+@_hyper(
+    "--learning-starts",
+    "learning_starts",
+    int,
+    "Agent steps before the first update. [default: the algorithm's; DrM 2000]",
+)
 @click.option(
     "--set",
     "set_items",
@@ -146,7 +162,9 @@ def train(
             raise click.UsageError(f"--resume {resume}: not a run directory (no config.yaml); start it with --out")
         if preset is not None:
             raise click.UsageError("--preset applies to new runs only; a resumed run keeps its config.yaml")
-        config = build_config(load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names])
+        config = build_config(
+            load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names]
+        )
     else:
         config = build_config(*layers, preset=preset, layer_names=names)
         from pvrw.runs.sweep import run_dir_name
@@ -167,7 +185,9 @@ def train(
 
 def _announce(config: RunConfig, run_dir: Path, resumed: bool) -> None:
     what = f"{config.algo} on {config.env} ({'pixels' if config.pvr == 'none' else config.pvr}) @{config.resolution}"
-    click.echo(f"{'resuming' if resumed else 'training'} {what}, seed {config.seed}, {config.frames:,} frames -> {run_dir}")
+    click.echo(
+        f"{'resuming' if resumed else 'training'} {what}, seed {config.seed}, {config.frames:,} frames -> {run_dir}"
+    )
     if config.weights == "random" and config.pvr != "none":
         click.echo("WARNING: --weights random: the backbone is randomly initialised, NOT pretrained (smoke test only)")
 
@@ -185,4 +205,3 @@ def _summary(run_dir: Path) -> None:
     if last.get("dormant_ratio") is not None:
         parts.append(f"dormant ratio {last['dormant_ratio']:.3f}")
     click.echo(f"last evaluation ({last['episodes']} episodes at {last['frames']:,} frames): " + "; ".join(parts))
-

@@ -166,9 +166,7 @@ class RunCallback(BaseCallback):
         if self.eval_env is None or self.last_eval_frames == self.frames:
             return self.last_eval
         video_path = self.run_dir.videos / f"eval_{self.frames:010d}.mp4" if self.video else None
-        result = evaluate(
-            self.model, self.eval_env, self.eval_episodes, video_path=video_path, seed=self.eval_seed
-        )
+        result = evaluate(self.model, self.eval_env, self.eval_episodes, video_path=video_path, seed=self.eval_seed)
         dormant = dormant_ratio(self.model)
         self.writer.write(
             kind="eval",

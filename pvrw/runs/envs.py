@@ -14,7 +14,6 @@ from pvrw.runs.evaluation import FrameRecorder
 EVAL_SEED_OFFSET = 10_000
 
 
-
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``."""
     if device != "auto":
@@ -33,8 +32,8 @@ def preload_torch_compiler() -> None:
     """
     try:
         import torch._dynamo  # noqa: F401
-    except Exception:  # no compiler stack on this install: nothing to order
-        pass
+    except ImportError:  # no compiler stack on this install: nothing to order
+        return
 
 
 def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:

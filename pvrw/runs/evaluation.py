@@ -40,7 +40,7 @@ class FrameRecorder(gym.Wrapper):
             return
         try:
             frame = self.env.render()
-        except Exception as err:  # an env that cannot render (missing pygame, no render_mode): no video
+        except Exception as err:  # noqa: BLE001 (an env that cannot render (missing pygame, no render_mode): no video)
             warnings.warn(f"no evaluation video: {type(err).__name__}: {err}", stacklevel=2)
             self._render_failed = True
             return

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pvrw.runs.layout import atomic_write_text
 
@@ -72,7 +72,7 @@ class MetricsWriter:
         if not self._file.closed:
             self._file.close()
 
-    def __enter__(self) -> MetricsWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -129,7 +129,7 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, title: 
                 curves = [c for c in (_curve(r, column) for r in group.runs) if c is not None]
                 if not curves:
                     continue
-                frames, mean, std, count = mean_std(curves)
+                frames, mean, std, _ = mean_std(curves)
                 color = colors[i % len(colors)]
                 ax.plot(frames, mean, color=color, label=f"{group.label} (n={len(group.runs)})")
                 ax.fill_between(frames, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)

@@ -153,6 +153,7 @@ def run_ray(
     max_failures: int = 3,
     max_concurrent: int | None = None,
     num_cpus: int | None = None,
+    reuse_actors: bool = True,
     on_run: Callable[[SweepRun, str], None] | None = None,
     verbose: int = 0,
 ) -> dict[str, int]:
@@ -166,6 +167,8 @@ def run_ray(
     :param max_failures: restarts of a trial after its worker dies or it raises (each resumes from checkpoint).
     :param max_concurrent: at most this many trials at once (default: as many as the resources allow).
     :param num_cpus: CPUs of a new local instance (default: all of this machine's).
+    :param reuse_actors: start the next trial in the worker process of a finished one (saves the process start
+        and the torch/SB3 imports, seconds per run; see benchmarks/bench_sweep.py).
     :param on_run: called as ``on_run(run, event)``, event ``skip``, ``start``, ``retry``, ``done`` or ``fail``.
     :param verbose: Tune's own console output (0 silent, 1 status table, 2 also trial results).
     :return: how many runs were ``skipped`` (already finished), ``finished`` now, and ``failed``.
@@ -218,6 +221,7 @@ def run_ray(
             param_space={"run": tune.grid_search(list(specs))},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=max_concurrent,
+                reuse_actors=reuse_actors,
                 trial_name_creator=lambda trial: trial.config["run"],
                 trial_dirname_creator=lambda trial: trial.config["run"].replace(os.sep, "__") + "_" + trial.trial_id,
             ),
@@ -246,7 +250,9 @@ def run_ray(
             if status.state in (RUNNING, FINISHED) or (error is not None and not status.error):
                 # the worker died without writing it (SIGKILL, node lost): say so, so sweep.json is true
                 status.state = FAILED
-                status.error = _one_line(error) if error is not None else "the Ray trial stopped before the run finished"
+                status.error = (
+                    _one_line(error) if error is not None else "the Ray trial stopped before the run finished"
+                )
                 status.write(rd)
     finally:
         write_index(root, runs)
@@ -366,13 +372,11 @@ def extract_features_ray(
     out: str | os.PathLike,
     *,
     batch_size: int = 64,
-    dtype: str = "float32",
-    progress: bool = False,
-    max_frames: int | None = None,
     address: str | None = None,
     num_workers: int | None = None,
     cpus_per_worker: float = 1,
     gpus_per_worker: float = 0,
+    **extract_kwargs: Any,
 ) -> dict[str, dict[str, int]]:
     """:func:`~pvrw.feature_cache.extraction.extract_features` with the backbone forward passes fanned out over Ray.
 
@@ -381,10 +385,13 @@ def extract_features_ray(
     per worker, computed in parallel by the workers' backbone replicas and appended in frame order. Replicas are
     copies of the driver's backbones (sent from CPU), so every worker computes with the exact same weights.
 
+    :param batch_size: frames per forward pass on each worker.
+    :param address: as in :func:`run_ray`.
     :param num_workers: embedding actors (default: as many as the cluster's free CPUs or GPUs allow).
     :param cpus_per_worker: CPUs per actor (its torch thread count when a whole number).
     :param gpus_per_worker: GPUs per actor; > 0 runs the replicas on CUDA.
-    :param address: as in :func:`run_ray`. Other parameters and the return value: as ``extract_features``.
+    :param extract_kwargs: the other arguments of ``extract_features`` (``dtype``, ``progress``, ``max_frames``...).
+    :return: as ``extract_features``.
     """
     ray = import_ray()
     from pvrw.feature_cache.extraction import extract_features
@@ -408,9 +415,7 @@ def extract_features_ray(
             [_RayBackbone(b, pool, batch_size) for b in backbones],
             out,
             batch_size=batch_size * num_workers,
-            dtype=dtype,
-            progress=progress,
-            max_frames=max_frames,
+            **extract_kwargs,
         )
     finally:
         if pool is not None:

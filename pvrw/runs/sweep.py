@@ -137,4 +137,3 @@ def run_local(
             notify(run, "done")
         write_index(root, runs)
     return counts
-

@@ -54,7 +54,12 @@ def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
     kwargs = dict(config.algo_kwargs)
     if isinstance(kwargs.get("replay_buffer_class"), str):
         kwargs["replay_buffer_class"] = _import_object(kwargs["replay_buffer_class"])
-    if config.algo in ("sac", "td3") and config.is_metaworld and config.frame_stack > 1 and "replay_buffer_class" not in kwargs:
+    if (
+        config.algo in ("sac", "td3")
+        and config.is_metaworld
+        and config.frame_stack > 1
+        and "replay_buffer_class" not in kwargs
+    ):
         from pvrw.drm.buffers import DrMReplayBuffer
 
         kwargs["replay_buffer_class"] = DrMReplayBuffer
@@ -76,7 +81,9 @@ def build_model(config: RunConfig, env: Any) -> Any:
     try:
         return algo_class(policy, env, seed=config.seed, device=resolve_device(config.device), verbose=0, **kwargs)
     except (TypeError, ValueError, KeyError) as err:
-        raise ConfigError(f"algo_kwargs: {algo_class.__name__}({policy!r}, ...) refused the configuration: {err}") from err
+        raise ConfigError(
+            f"algo_kwargs: {algo_class.__name__}({policy!r}, ...) refused the configuration: {err}"
+        ) from err
 
 
 def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool = False) -> RunStatus:
@@ -163,9 +170,11 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         return status
     except BaseException as err:
         status.state = FAILED
-        status.error = "interrupted" if isinstance(err, KeyboardInterrupt) else "".join(
-            traceback.format_exception_only(type(err), err)
-        ).strip()
+        status.error = (
+            "interrupted"
+            if isinstance(err, KeyboardInterrupt)
+            else "".join(traceback.format_exception_only(type(err), err)).strip()
+        )
         status.write(rd)
         raise
     finally:
@@ -181,5 +190,5 @@ def _final_plot(rd: RunDir) -> None:
 
     try:
         plot_runs([rd.root], rd.plot, title=rd.root.name)
-    except Exception as err:  # a figure is a convenience; never fail a finished run over it
+    except Exception as err:  # noqa: BLE001 (a figure is a convenience; never fail a finished run over it)
         warnings.warn(f"could not plot {rd.root}: {err}", stacklevel=2)
