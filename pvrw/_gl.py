@@ -7,8 +7,11 @@ user exported is always respected.
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
+import importlib.util
 import os
+from pathlib import Path
 
 _BACKEND_ENV = ("MUJOCO_GL", "PYOPENGL_PLATFORM")
 
@@ -24,12 +27,34 @@ def default_gl_backend() -> str:
     return "osmesa"
 
 
+def preload_triton() -> bool:
+    """
+    Load triton's native library now, before an OSMesa context exists.
+
+    OSMesa's llvmpipe and triton (shipped with CUDA builds of torch, imported lazily by ``torch._dynamo`` at the
+    first optimizer construction) both carry LLVM; loading triton after an OSMesa context was created segfaults the
+    process. Loading the shared object first (no Python import, ~0.1 s) makes the later import safe.
+
+    :return: whether a triton library was found and loaded
+    """
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for location in spec.submodule_search_locations:
+        for library in sorted((Path(location) / "_C").glob("libtriton*.so")):
+            ctypes.CDLL(str(library))
+            return True
+    return False
+
+
 def configure_gl_backend() -> str:
     """Set ``MUJOCO_GL`` and ``PYOPENGL_PLATFORM`` unless the user already did; return the backend in use."""
     backend = os.environ.get("MUJOCO_GL") or default_gl_backend()
     os.environ.setdefault("MUJOCO_GL", backend)
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    if backend == "osmesa":
+        preload_triton()
     return backend
 
 
