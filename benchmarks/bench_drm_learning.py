@@ -8,7 +8,7 @@ perturbation every ``steps / 2.4`` steps (the reference perturbs every 100k of 1
 ``drm``). TD3 uses its default target smoothing and Gaussian action noise 0.1; SAC its automatic entropy.
 The final return is the mean of 10 deterministic evaluation episodes after training.
 
-    python benchmarks/bench_drm_learning.py [--env Pendulum-v1] [--steps 6000] [--seeds 0 1 2] [--hidden 64]
+    python benchmarks/bench_drm_learning.py [--env Pendulum-v1] [--steps 8000] [--seeds 0 1 2] [--hidden 64]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run(algo: str, env_id: str, seed: int, steps: int, hidden: int, warmup: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Pendulum-v1")
-    parser.add_argument("--steps", type=int, default=6000, help="environment steps per run")
+    parser.add_argument("--steps", type=int, default=8000, help="environment steps per run")
     parser.add_argument("--warmup", type=int, default=1000, help="random-action steps before updates")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--hidden", type=int, default=64, help="hidden width of every network")

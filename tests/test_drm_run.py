@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium.wrappers import FrameStackObservation
+from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
@@ -185,3 +186,12 @@ def test_bad_inputs_give_clear_errors():
             policy_kwargs=dict(augment=True),
             **{k: v for k, v in FAST.items() if k != "policy_kwargs"},
         )
+
+
+@pytest.mark.parametrize("buffer_class, n_steps", [(NStepReplayBuffer, 3), (ReplayBuffer, 1)])
+def test_sb3_replay_buffers(buffer_class, n_steps):
+    kwargs = {"n_steps": n_steps, "gamma": 0.99} if buffer_class is NStepReplayBuffer else {}
+    model = DrM("MlpPolicy", feature_env(), replay_buffer_class=buffer_class, replay_buffer_kwargs=kwargs, n_steps=n_steps,
+                seed=0, **FAST)  # fmt: skip
+    model.learn(30)
+    assert type(model.replay_buffer) is buffer_class and model._n_updates > 0
