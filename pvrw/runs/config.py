@@ -198,7 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resolution": 64,
         "frames": 2_000,
         "threads": 1,
-        "eval_every": 1_000,
+        "eval_every": 500,
         "eval_episodes": 1,
         "checkpoint_every": 1_000,
         "env_kwargs": {"max_episode_steps": 100, "render_quality": "fast"},
