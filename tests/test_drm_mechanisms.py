@@ -311,3 +311,14 @@ def test_awakening_condition(variant):
         assert model.awaken_step == 1001
     else:  # agents/drm_mw.py: at the first update (num_timesteps 18) whatever the step
         assert model.awaken_step == 18
+
+
+def test_predict_explores_with_the_current_std():
+    model = _model()
+    model.dormant_ratio = 0.2  # not awake: std = sigma(0.2) = 0.5
+    obs = np.zeros((4000, 3), np.float32)
+    mean = model.predict(obs[:1], deterministic=True)[0] / 2.0  # Pendulum actions are scaled by 2
+    assert abs(mean.item()) < 0.2
+    actions = model.predict(obs, deterministic=False)[0] / 2.0
+    assert actions.std() == pytest.approx(0.5, rel=0.08)
+    assert np.abs(actions).max() < 1.0

@@ -301,12 +301,25 @@ class DrM(OffPolicyAlgorithm):
             unscaled_action = np.array([self.action_space.sample() for _ in range(n_envs)])
         else:
             assert self._last_obs is not None, "self._last_obs was not set"
-            self.policy.exploration_std = self.exploration_std()
             unscaled_action, _ = self.predict(self._last_obs, deterministic=False)
         scaled_action = self.policy.scale_action(unscaled_action)
         if action_noise is not None:
             scaled_action = np.clip(scaled_action + action_noise(), -1, 1)
         return self.policy.unscale_action(scaled_action), scaled_action
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """
+        The actor mean (``deterministic=True``, what evaluation uses) or an exploration action with the current
+        :meth:`exploration_std`. See SB3's ``BaseAlgorithm.predict``.
+        """
+        self.policy.exploration_std = self.exploration_std()
+        return super().predict(observation, state, episode_start, deterministic)
 
     # --- training ------------------------------------------------------------------------------------------------
 
