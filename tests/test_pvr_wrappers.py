@@ -276,3 +276,25 @@ def test_cache_path_wraps_cached_backbone(resnet32, tmp_path):
     assert again.frames == 0  # every frame came from the cache
     np.testing.assert_allclose(np.stack(replay), np.stack(obs), rtol=1e-6, atol=1e-6)
     env.backbone.close()
+
+
+def test_gymnasium_vector_same_step_autoreset(resnet32):
+    from gymnasium.vector import AutoresetMode
+
+    counting = Counting(resnet32)
+    venv = gym.vector.SyncVectorEnv([lambda i=i: PixelEnv(episode_len=2 + i) for i in range(2)],
+                                    autoreset_mode=AutoresetMode.SAME_STEP)
+    vec = VectorPVRObservation(venv, counting)
+    single = PVRObservation(PixelEnv(episode_len=2), resnet32)
+    vec.reset(seed=7)
+    single.reset(seed=7)
+    actions = np.zeros((2, 2), np.float32)
+    vec.step(actions)
+    single.step(actions[0])
+    calls = counting.calls
+    obs, _, term, _, infos = vec.step(actions)  # env 0 ends here and resets within the same step
+    assert term[0] and not term[1] and counting.calls == calls + 1
+    s_obs, *_ = single.step(actions[0])
+    np.testing.assert_allclose(infos["final_obs"][0], s_obs, rtol=1e-4, atol=1e-4)
+    assert infos["final_obs"][1] is None
+    assert obs.shape == (2, 3, 128, 4, 4) and np.isfinite(obs).all()

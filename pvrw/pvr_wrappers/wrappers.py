@@ -348,10 +348,11 @@ class VecPVRObservation(VecEnvWrapper):
         return np.stack(out), rewards, dones, infos
 
 
-class VectorPVRObservation(gym.vector.VectorObservationWrapper):
+class VectorPVRObservation(gym.vector.VectorWrapper):
     """Gymnasium ``VectorEnv`` form of :class:`PVRObservation`: one backbone call per step for all sub-envs.
 
-    Works with both autoreset modes (``final_obs`` in ``infos`` is embedded too for same-step autoreset).
+    Works with every autoreset mode (for same-step autoreset, ``infos["final_obs"]`` is embedded in the same call;
+    gymnasium's ``VectorObservationWrapper`` refuses that mode, hence a plain ``VectorWrapper``).
     """
 
     def __init__(self, env: gym.vector.VectorEnv, backbone: str | FrozenBackbone = "dinov2", weights: Any = None,
@@ -373,16 +374,37 @@ class VectorPVRObservation(gym.vector.VectorObservationWrapper):
         frames = self.layout.frames(obs)
         return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
 
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        if seed is not None:
+            self._aug_rng = np.random.default_rng(seed if isinstance(seed, int) else seed[0])
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self.observations(obs), infos
+
     def observations(self, observations: np.ndarray) -> np.ndarray:
         feats = self.embedder([(i, self._frames(observations[i])) for i in range(self.num_envs)])
         return np.stack(feats).astype(self.output_dtype, copy=False)
 
     def step(self, actions):
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
-        if "final_obs" in infos:  # same-step autoreset: embed the final observations before the reset ones
-            mask = infos.get("_final_obs", np.ones(self.num_envs, bool))
-            items = [(i, self._frames(infos["final_obs"][i])) for i in range(self.num_envs) if mask[i]]
-            final = iter(self.embedder(items))
-            infos["final_obs"] = np.array([next(final).astype(self.output_dtype) if mask[i] else None
-                                           for i in range(self.num_envs)], dtype=object)
-        return self.observations(obs), rewards, terminations, truncations, infos
+        if "final_obs" not in infos:  # next-step autoreset (gymnasium's default)
+            return self.observations(obs), rewards, terminations, truncations, infos
+        # same-step autoreset: final observations and the reset ones, all in one backbone call
+        mask = infos.get("_final_obs", np.ones(self.num_envs, bool))
+        items, where = [], []
+        for i in range(self.num_envs):
+            if mask[i]:
+                where.append(("final", i))
+                items.append((i, self._frames(infos["final_obs"][i])))
+            where.append(("obs", i))
+            items.append((i, self._frames(obs[i])))
+        feats = self.embedder(items)
+        final = np.array([None] * self.num_envs, dtype=object)
+        out = [None] * self.num_envs
+        for (kind, i), feat in zip(where, feats):
+            feat = feat.astype(self.output_dtype, copy=False)
+            if kind == "final":
+                final[i] = feat
+            else:
+                out[i] = feat
+        infos["final_obs"] = final
+        return np.stack(out), rewards, terminations, truncations, infos
