@@ -117,9 +117,12 @@ def make_backbone(config: RunConfig) -> Any:
     known = list(list_backbones())
     if config.pvr not in known:
         raise ConfigError(f"pvr: unknown backbone {config.pvr!r}; choose 'none' or one of {', '.join(known)}")
-    return create_backbone(
-        config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
-    )
+    try:
+        return create_backbone(
+            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
+        )
+    except ValueError as err:  # e.g. a resolution the backbone cannot take
+        raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
 
 
 def _is_pixel_space(space: gym.Space) -> bool:

@@ -110,7 +110,6 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     status = RunStatus.read(rd)
     if status.finished and status.frames >= config.frames:
         return status
-    save_config(config, rd.config)
     status.state, status.total_frames, status.attempts, status.error = RUNNING, config.frames, status.attempts + 1, None
     status.write(rd)
 
@@ -136,6 +135,9 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
             rd.metrics.unlink(missing_ok=True)  # rows of an attempt that died before its first checkpoint
             shutil.rmtree(rd.videos, ignore_errors=True)
             episodes, wall_time = 0, 0.0
+        # written once the run could be set up, so a directory whose setup failed (bad resolution, missing
+        # weights) holds no config.yaml and can be started again with other settings
+        save_config(config, rd.config)
         model.set_logger(configure(str(rd.tensorboard), ["tensorboard"]))
         writer = MetricsWriter(rd.metrics)
         callback = RunCallback(
