@@ -11,6 +11,7 @@ from stable_baselines3.common.buffers import NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecTransposeImage, is_vecenv_wrapped
 
 from pvrw.drm import DrM
@@ -119,7 +120,7 @@ def test_multi_env_vec_frame_stack_and_perturbation_crossing():
 
 def test_callbacks_and_evaluation(tmp_path):
     model = DrM("MlpPolicy", feature_env(), seed=0, **FAST)
-    eval_env = DummyVecEnv([feature_env])
+    eval_env = DummyVecEnv([lambda: Monitor(feature_env())])
     checkpoint = CheckpointCallback(save_freq=30, save_path=str(tmp_path / "ckpt"), save_replay_buffer=True)
     evaluation = EvalCallback(eval_env, n_eval_episodes=2, eval_freq=30, best_model_save_path=str(tmp_path / "best"))
     model.learn(60, callback=[checkpoint, evaluation])
