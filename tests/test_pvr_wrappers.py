@@ -298,3 +298,20 @@ def test_gymnasium_vector_same_step_autoreset(resnet32):
     np.testing.assert_allclose(infos["final_obs"][0], s_obs, rtol=1e-4, atol=1e-4)
     assert infos["final_obs"][1] is None
     assert obs.shape == (2, 3, 128, 4, 4) and np.isfinite(obs).all()
+
+
+def test_env_reusing_its_observation_buffer(resnet32):
+    """An env that writes each observation into the same array must not fool the embed-once logic."""
+
+    class InPlace(PixelEnv):
+        def _obs(self):
+            if not hasattr(self, "_buffer"):
+                self._buffer = np.empty(self.observation_space.shape, np.uint8)
+            self._buffer[...] = super()._obs()
+            return self._buffer
+
+    env = PVRObservation(InPlace(), resnet32)
+    env.reset(seed=2)
+    for _ in range(3):
+        obs, *_ = env.step(env.action_space.sample())
+        np.testing.assert_allclose(obs, expected(resnet32, env.env._buffer, (9, 32, 32)), rtol=1e-5, atol=1e-5)

@@ -99,7 +99,7 @@ class _SlotState:
     __slots__ = ("frames", "sources", "digests")
 
     def __init__(self, frames: np.ndarray, sources: list) -> None:
-        self.frames = frames
+        self.frames = frames.copy()  # an env may reuse its observation buffer: keep what was actually seen
         self.sources = sources  # each: np.ndarray features, or int index into the pending batch
         self.digests: list[bytes] | None = None
 
