@@ -62,6 +62,8 @@ def bench_extraction(
         warnings.simplefilter("ignore")
         backbone = create_backbone(name, weights="random", resolution=side, device=device)
     frames_path = os.path.join(workdir, f"frames_{name}.h5")
+    if os.path.exists(frames_path):
+        os.remove(frames_path)
     write_dataset(frames_path, synthetic_frames(n_frames, side))
     from pvrw.feature_cache import EpisodeDataset
 
@@ -163,11 +165,16 @@ def main() -> None:
     workdir = args.workdir or tempfile.mkdtemp(prefix="pvrw_bench_cache_")
     quick = args.quick
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, h5py {h5py.version.version}"
-          f" (HDF5 {h5py.version.hdf5_version}), workdir {workdir}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device},"
+        f" h5py {h5py.version.version}"
+        f" (HDF5 {h5py.version.hdf5_version}), workdir {workdir}"
+    )
     print("\n1. Extraction vs a bare batched backbone loop (112x112 frames, batch 32, random weights)")
-    header = f"{'backbone':<10}{'compress':>9}{'features':>14}{'frames':>7}{'bare f/s best':>15}{'extract f/s best':>18}" \
-             f"{'overhead best':>15}{'bare med':>10}{'extr med':>10}{'overhead med':>14}"
+    header = (
+        f"{'backbone':<10}{'compress':>9}{'features':>14}{'frames':>7}{'bare f/s best':>15}{'extract f/s best':>18}"
+        f"{'overhead best':>15}{'bare med':>10}{'extr med':>10}{'overhead med':>14}"
+    )
     print(header)
     print("-" * len(header))
     cpu = args.device == "cpu"
@@ -178,22 +185,30 @@ def main() -> None:
     for name, n, compressions in cases:
         rows = bench_extraction(workdir, name, n, 32, 1 if quick else args.repeats, args.device, compressions)
         for r in rows:
-            print(f"{r['name']:<10}{r['compression']:>9}{str(r['shape']):>14}{r['frames']:>7}{r['bare_best']:>15.1f}{r['extract_best']:>18.1f}"
-                  f"{r['bare_best'] / r['extract_best'] - 1:>15.1%}{r['bare_median']:>10.1f}"
-                  f"{r['extract_median']:>10.1f}{r['bare_median'] / r['extract_median'] - 1:>14.1%}", flush=True)
+            print(
+                f"{r['name']:<10}{r['compression']:>9}{str(r['shape']):>14}{r['frames']:>7}{r['bare_best']:>15.1f}{r['extract_best']:>18.1f}"
+                f"{r['bare_best'] / r['extract_best'] - 1:>15.1%}{r['bare_median']:>10.1f}"
+                f"{r['extract_median']:>10.1f}{r['bare_median'] / r['extract_median'] - 1:>14.1%}",
+                flush=True,
+            )
 
     print("\n2. Random-batch reads, batch 256 (samples/s; x numpy = fraction of in-memory NumPy speed)")
-    header = f"{'dim':>6}{'rows':>8}{'dtype':>10}{'MiB f32':>9}{'numpy':>12}{'store warm':>12}{'x numpy':>9}" \
-             f"{'store cold':>12}{'x numpy':>9}{'h5py fancy':>12}{'x numpy':>9}"
+    header = (
+        f"{'dim':>6}{'rows':>8}{'dtype':>10}{'MiB f32':>9}{'numpy':>12}{'store warm':>12}{'x numpy':>9}"
+        f"{'store cold':>12}{'x numpy':>9}{'h5py fancy':>12}{'x numpy':>9}"
+    )
     print(header)
     print("-" * len(header))
     cases = [(768, 20000, "float32"), (768, 20000, "bfloat16"), (3840, 5000, "float32"), (25088, 800, "float32")]
     for dim, rows, dtype in cases:
         rows = rows // 8 if quick else rows
         r = bench_reads(workdir, dim, rows, dtype, batches=10 if quick else 40)
-        print(f"{r['dim']:>6}{r['rows']:>8}{r['dtype']:>10}{r['MiB']:>9.0f}{r['numpy']:>12.0f}{r['store_warm']:>12.0f}"
-              f"{r['store_warm'] / r['numpy']:>9.2f}{r['store_cold']:>12.0f}{r['store_cold'] / r['numpy']:>9.3f}"
-              f"{r['h5py_fancy']:>12.0f}{r['h5py_fancy'] / r['numpy']:>9.3f}", flush=True)
+        print(
+            f"{r['dim']:>6}{r['rows']:>8}{r['dtype']:>10}{r['MiB']:>9.0f}{r['numpy']:>12.0f}{r['store_warm']:>12.0f}"
+            f"{r['store_warm'] / r['numpy']:>9.2f}{r['store_cold']:>12.0f}{r['store_cold'] / r['numpy']:>9.3f}"
+            f"{r['h5py_fancy']:>12.0f}{r['h5py_fancy'] / r['numpy']:>9.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

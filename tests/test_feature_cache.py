@@ -114,7 +114,12 @@ def test_several_sets_in_one_file_and_mismatch_refused(tmp_path):
         store.require_set(spec()).append(np.ones((3, 6, 5), np.float32))
         store.require_set(spec(backbone="other", output_shape=(4,))).append(np.zeros((2, 4), np.float32))
         assert store.set_names() == ["other", "toy"]
-    for field, value in [("fingerprint", "random"), ("resolution", 224), ("preprocessing", "imagenet"), ("dtype", "float16")]:
+    for field, value in [
+        ("fingerprint", "random"),
+        ("resolution", 224),
+        ("preprocessing", "imagenet"),
+        ("dtype", "float16"),
+    ]:
         with FeatureStore(path, "a") as store, pytest.raises(FeatureSetMismatchError) as err:
             store.require_set(spec(**{field: value}))
         message = str(err.value)
@@ -151,7 +156,7 @@ def test_bad_files_give_clear_errors(tmp_path, content):
             assert list(f) == ["x"] and "pvrw_format" not in f.attrs
 
 
-# ---------------------------------------------------------------------------------------------------------- crash safety, SWMR
+# ------------------------------------------------------------------------------------------ crash safety, SWMR
 
 WRITER = textwrap.dedent(
     """
@@ -236,7 +241,7 @@ def test_swmr_reader_follows_a_live_writer(tmp_path):
         writer.wait(timeout=60)
 
 
-# ---------------------------------------------------------------------------------------------------------- content cache
+# ------------------------------------------------------------------------------------------ content cache
 
 
 def test_cache_hits_skip_the_backbone(tmp_path):
@@ -314,8 +319,9 @@ def test_cache_written_by_another_process_is_used_read_only(tmp_path, caplog):
     script = tmp_path / "cache_writer.py"
     script.write_text(CACHE_WRITER)
     path = tmp_path / "cache.h5"
-    writer = subprocess.Popen([sys.executable, str(script), str(path)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "ready"
         backbone = StandIn()

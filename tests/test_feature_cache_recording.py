@@ -84,7 +84,9 @@ class Tape(gym.Wrapper):
 
 def record_tiny(path, episodes=4, seed=0, max_steps=10):
     env = Tape(TimeLimit(TinyPixelEnv(), max_steps))
-    summary = record_episodes(env, make_policy("random", env, seed=seed), episodes, path, seed=seed, attrs={"env_id": "tiny"})
+    summary = record_episodes(
+        env, make_policy("random", env, seed=seed), episodes, path, seed=seed, attrs={"env_id": "tiny"}
+    )
     return env, summary
 
 
@@ -201,8 +203,21 @@ def assert_one_line_error(result, *fragments):
 def test_cli_record_extract_info(tmp_path):
     tiny_backbone(seed=0)  # registers "fc_tiny"
     data, feats = tmp_path / "d.h5", tmp_path / "f.h5"
-    result = invoke("record", "--env", "PvrwCacheTiny-v0", "--episodes", 2, "--resolution", 16, "--out", data,
-                    "--max-episode-steps", 5, "--action-repeat", 1)
+    result = invoke(
+        "record",
+        "--env",
+        "PvrwCacheTiny-v0",
+        "--episodes",
+        2,
+        "--resolution",
+        16,
+        "--out",
+        data,
+        "--max-episode-steps",
+        5,
+        "--action-repeat",
+        1,
+    )
     assert result.exit_code == 0, result.output
     assert "recorded 2 episodes" in result.output
     with EpisodeDataset(data) as ds:
@@ -219,7 +234,9 @@ def test_cli_record_extract_info(tmp_path):
     assert result.exit_code == 0 and f"set fc_tiny: {n_frames} rows x (16,) float32" in result.output, result.output
 
     assert_one_line_error(invoke("extract", "--pvr", "no_such_net", "--frames", data, "--out", feats), "no_such_net")
-    assert_one_line_error(invoke("extract", "--pvr", "fc_tiny", "--frames", tmp_path / "nope.h5", "--out", feats), "nope.h5")
+    assert_one_line_error(
+        invoke("extract", "--pvr", "fc_tiny", "--frames", tmp_path / "nope.h5", "--out", feats), "nope.h5"
+    )
     assert_one_line_error(invoke("extract", "--pvr", "fc_tiny", "--frames", data, "--out", data), "pvrw.features")
     (tmp_path / "junk.h5").write_bytes(b"junk" * 64)
     assert_one_line_error(invoke("cache", "info", tmp_path / "junk.h5"), "junk.h5", "corrupt")
@@ -233,8 +250,21 @@ def test_cli_record_with_a_trained_sb3_model(tmp_path):
     model = PPO("MlpPolicy", gym.make("PvrwCacheTiny-v0"), n_steps=16, batch_size=16, seed=0)
     model.save(tmp_path / "model.zip")
     data = tmp_path / "d.h5"
-    result = invoke("record", "--env", "PvrwCacheTiny-v0", "--policy", tmp_path / "model.zip", "--episodes", 1,
-                    "--out", data, "--max-episode-steps", 4, "--action-repeat", 1)
+    result = invoke(
+        "record",
+        "--env",
+        "PvrwCacheTiny-v0",
+        "--policy",
+        tmp_path / "model.zip",
+        "--episodes",
+        1,
+        "--out",
+        data,
+        "--max-episode-steps",
+        4,
+        "--action-repeat",
+        1,
+    )
     assert result.exit_code == 0, result.output
     with EpisodeDataset(data) as ds:
         episode = ds.episode(0)
@@ -244,8 +274,23 @@ def test_cli_record_with_a_trained_sb3_model(tmp_path):
 
 def test_cli_record_metaworld_expert(tmp_path):
     data = tmp_path / "d.h5"
-    result = invoke("record", "--env", "metaworld/reach-v3", "--policy", "expert", "--episodes", 1, "--resolution", 32,
-                    "--out", data, "--max-episode-steps", 3, "--render-quality", "fast")
+    result = invoke(
+        "record",
+        "--env",
+        "metaworld/reach-v3",
+        "--policy",
+        "expert",
+        "--episodes",
+        1,
+        "--resolution",
+        32,
+        "--out",
+        data,
+        "--max-episode-steps",
+        3,
+        "--render-quality",
+        "fast",
+    )
     assert result.exit_code == 0, result.output
     with EpisodeDataset(data) as ds:
         episode = ds.episode(0)
@@ -285,7 +330,8 @@ for e in range(10**6):
     steps = 5 + e % 4
     frames = np.full((steps + 1, 3, 16, 16), e % 256, np.uint8)
     no = np.zeros(steps, bool)
-    print(writer.add_episode(frames, np.full((steps, 2), e, np.float32), np.ones(steps), no, no, no, seed=e), flush=True)
+    n = writer.add_episode(frames, np.full((steps, 2), e, np.float32), np.ones(steps), no, no, no, seed=e)
+    print(n, flush=True)
 """
 
 

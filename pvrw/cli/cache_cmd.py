@@ -31,7 +31,9 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
         if sep and name in weights:
             weights[name] = path
         elif sep and not os.path.exists(value):
-            raise click.BadParameter(f"{name!r} is not one of the --pvr backbones ({', '.join(names)})", param_hint="--weights")
+            raise click.BadParameter(
+                f"{name!r} is not one of the --pvr backbones ({', '.join(names)})", param_hint="--weights"
+            )
         else:
             weights = {n: value for n in names}
     return weights
@@ -47,10 +49,16 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
 )
 @click.option("--episodes", default=10, show_default=True, type=click.IntRange(min=1), help="Episodes to record.")
 @click.option("--resolution", default=112, show_default=True, type=click.IntRange(min=8), help="Frame side in pixels.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Episode dataset (.h5); appended to if it exists.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Episode dataset (.h5); appended to if it exists."
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Episode e is reset with seed + e.")
-@click.option("--max-episode-steps", default=250, show_default=True, type=click.IntRange(min=1), help="Agent steps per episode.")
-@click.option("--action-repeat", default=2, show_default=True, type=click.IntRange(min=1), help="Simulator steps per agent step.")
+@click.option(
+    "--max-episode-steps", default=250, show_default=True, type=click.IntRange(min=1), help="Agent steps per episode."
+)
+@click.option(
+    "--action-repeat", default=2, show_default=True, type=click.IntRange(min=1), help="Simulator steps per agent step."
+)
 @click.option(
     "--render-quality",
     type=click.Choice(["full", "fast"]),
@@ -58,7 +66,9 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
     show_default=True,
     help="MuJoCo rendering: 'full' (reference look) or 'fast' (no shadows/MSAA; ~9x faster on CPU).",
 )
-@click.option("--algo", default=None, help="Algorithm class of the model zip (e.g. SAC, DrM) when it cannot be inferred.")
+@click.option(
+    "--algo", default=None, help="Algorithm class of the model zip (e.g. SAC, DrM) when it cannot be inferred."
+)
 def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, action_repeat, render_quality, algo):
     """Record frames, actions, rewards, dones and success of a policy to an HDF5 episode dataset."""
     with _user_errors():
@@ -69,7 +79,9 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
         model, frame_stack = None, 1
         if policy not in ("random", "expert"):
             if not os.path.isfile(policy):
-                raise click.BadParameter(f"{policy!r} is neither 'random', 'expert' nor a model zip file", param_hint="--policy")
+                raise click.BadParameter(
+                    f"{policy!r} is neither 'random', 'expert' nor a model zip file", param_hint="--policy"
+                )
             algorithm = _algorithm_class(algo) if algo else None
             model = load_sb3_model(policy, algorithm)
             shape = model.observation_space.shape
@@ -90,7 +102,12 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
         try:
             fn = make_policy("model" if model is not None else policy, env, seed=seed, model=model)
             summary = record_episodes(
-                env, fn, episodes, out, seed=seed, progress=True,
+                env,
+                fn,
+                episodes,
+                out,
+                seed=seed,
+                progress=True,
                 attrs=dict(env_id=env_id, policy=policy, resolution=resolution, action_repeat=action_repeat),
             )
         finally:
@@ -125,15 +142,31 @@ def _algorithm_class(name: str) -> type:
 
 @click.command()
 @click.option("--pvr", required=True, help="Backbone name(s), comma-separated (see `pvrw backbones`).")
-@click.option("--frames", "frames_path", required=True, type=click.Path(dir_okay=False), help="Episode dataset from `pvrw record`.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Feature file (.h5); an interrupted run resumes.")
+@click.option(
+    "--frames",
+    "frames_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Episode dataset from `pvrw record`.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Feature file (.h5); an interrupted run resumes."
+)
 @click.option(
     "--weights",
     multiple=True,
     help="Weights: PATH or 'random' (all backbones), or NAME=PATH per backbone; repeatable. Default: resolved offline.",
 )
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass and per committed append.")
-@click.option("--resolution", default=None, type=click.IntRange(min=8), help="Backbone input side; default: the frames' side.")
+@click.option(
+    "--batch-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Frames per forward pass and per committed append.",
+)
+@click.option(
+    "--resolution", default=None, type=click.IntRange(min=8), help="Backbone input side; default: the frames' side."
+)
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16", "bfloat16"]),
@@ -149,7 +182,18 @@ def _algorithm_class(name: str) -> type:
     help="HDF5 compression of new feature sets ('none' writes large maps such as resnet18's fastest).",
 )
 @click.option("--device", default="cpu", show_default=True, help="torch device for the backbones.")
-def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compression, device):
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help='ray: forward passes fanned out over Ray workers (one backbone replica each); this process writes'
+                   ' the file (pip install "pvrw[ray]").')  # fmt: skip
+@click.option(
+    "--address", default=None, help="--backend ray: 'auto' or ray://HOST:PORT. [default: a new local Ray instance]"
+)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--backend ray: number of workers. [default: as many as the free CPUs (or GPUs) allow]")  # fmt: skip
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="--backend ray: GPUs per worker; > 0 runs the replicas on CUDA.")  # fmt: skip
+def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compression, device, backend, address, workers,
+            gpus_per_worker):  # fmt: skip
     """Extract features of every recorded frame for one or more backbones (resumable)."""
     with _user_errors():
         from pvrw.feature_cache.extraction import extract_features
@@ -164,12 +208,24 @@ def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compr
             with EpisodeDataset(frames_path) as dataset:
                 resolution = int(dataset.frame_shape[-1])
         backbones = [create_backbone(n, weights=weight_of[n], resolution=resolution, device=device) for n in names]
-        report = extract_features(
-            frames_path, backbones, out, batch_size=batch_size, dtype=dtype, progress=True,
-            compression=None if compression == "none" else compression,
-        )
+        options = {"batch_size": batch_size, "dtype": dtype, "progress": True,
+                   "compression": None if compression == "none" else compression}  # fmt: skip
+        if backend == "ray":
+            from pvrw.runs.ray_backend import RayNotInstalledError, extract_features_ray
+
+            try:
+                report = extract_features_ray(frames_path, backbones, out, address=address, num_workers=workers,
+                                              gpus_per_worker=gpus_per_worker, **options)  # fmt: skip
+            except RayNotInstalledError as err:
+                raise click.ClickException(str(err)) from None
+        elif address is not None or workers is not None or gpus_per_worker:
+            raise click.UsageError("--address, --workers and --gpus-per-worker need --backend ray")
+        else:
+            report = extract_features(frames_path, backbones, out, **options)
     for name, r in report.items():
-        click.echo(f"{name}: {r['extracted']} frames extracted, {r['done_before']} already there, {r['total']} total -> {out}")
+        click.echo(
+            f"{name}: {r['extracted']} frames extracted, {r['done_before']} already there, {r['total']} total -> {out}"
+        )
 
 
 @click.group()

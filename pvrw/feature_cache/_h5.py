@@ -7,9 +7,9 @@ The crash-safety model, in one place:
 * Datasets that grow together form a :class:`Table`: a group holding them plus a small ``committed`` counter dataset
   (one int64 per row axis). An append resizes, writes and flushes the data, and only then writes and flushes the
   counter. Readers trust ``committed`` and nothing else, so rows beyond it (an append cut off by a kill) are invisible.
-* A SWMR file whose writer died keeps HDF5's "open for write" flag, and HDF5 then refuses to open it for writing. Opening
-  such a file for writing copies it (committed rows only) to a fresh file and atomically replaces it; readers never
-  need that, because a SWMR read-open works on such a file.
+* A SWMR file whose writer died keeps HDF5's "open for write" flag, and HDF5 then refuses to open it for writing.
+  Opening such a file for writing copies it (committed rows only) to a fresh file and atomically replaces it;
+  readers never need that, because a SWMR read-open works on such a file.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def check_format(f: h5py.File, expected_format: str) -> None:
     version = int(f.attrs.get("pvrw_format_version", -1))
     if version > FORMAT_VERSION:
         raise FeatureCacheError(
-            f"{f.filename} has format version {version}, newer than this pvrw understands ({FORMAT_VERSION}); upgrade pvrw"
+            f"{f.filename} has format version {version}, newer than this pvrw understands ({FORMAT_VERSION});"
+            " upgrade pvrw"
         )
 
 
@@ -213,7 +214,7 @@ def open_for_writing(
 
 
 def start_swmr(f: h5py.File) -> None:
-    """Record this process as the writer, truncate uncommitted tails, flush and enter SWMR mode (no new objects after)."""
+    """Record this process as the writer, truncate uncommitted tails, flush, enter SWMR mode (no new objects after)."""
     for table in find_tables(f):
         table.truncate_to_committed()
     f.attrs["writer_pid"] = os.getpid()
@@ -240,7 +241,9 @@ class Table:
 
     def __init__(self, group: h5py.Group):
         if COUNTER not in group:
-            raise FeatureCacheError(f"{group.file.filename}:{group.name} has no '{COUNTER}' counter; the file is corrupt")
+            raise FeatureCacheError(
+                f"{group.file.filename}:{group.name} has no '{COUNTER}' counter; the file is corrupt"
+            )
         self.group = group
         self.counter = group[COUNTER]
         self._datasets: dict[str, h5py.Dataset] = {}
@@ -260,7 +263,7 @@ class Table:
         compression: str | None = "lzf",
         chunk_bytes: int = 1 << 16,
     ) -> h5py.Dataset:
-        """Create an empty appendable column; chunks hold about ``chunk_bytes`` (small chunks keep random reads cheap)."""
+        """Create an empty appendable column; chunks hold about ``chunk_bytes`` (small chunks: cheap random reads)."""
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if chunk_rows is None:
             chunk_rows = int(min(1024, max(1, chunk_bytes // max(1, row_bytes))))

@@ -215,7 +215,9 @@ class CachedBackbone:
         if to_compute:
             firsts = [positions[0] for positions in to_compute.values()]
             kwargs = {} if batch_size is None else {"batch_size": batch_size}
-            stored = encode(np.asarray(self.backbone.embed(frames[firsts], **kwargs), dtype=np.float32), self.spec.dtype)
+            stored = encode(
+                np.asarray(self.backbone.embed(frames[firsts], **kwargs), dtype=np.float32), self.spec.dtype
+            )
             values = decode(stored, self.spec.dtype)
             for k, (digest, positions) in enumerate(to_compute.items()):
                 out[positions] = values[k]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pvrw.feature_cache._h5 import FeatureCacheError
 from pvrw.feature_cache.content_cache import hash_frames
 from pvrw.feature_cache.recording import EpisodeDataset
 from pvrw.feature_cache.store import FeatureSpec, FeatureStore
@@ -54,28 +56,56 @@ def extract_features(
     with EpisodeDataset(frames_path) as dataset, FeatureStore(out, "a") as store:
         total = dataset.num_frames if max_frames is None else min(max_frames, dataset.num_frames)
         store.require_episode_index(dataset.uuid, os.fspath(frames_path))
-        feature_sets = [store.require_set(FeatureSpec.from_backbone(b, dtype=dtype), compression=compression) for b in backbones]
+        feature_sets = [
+            store.require_set(FeatureSpec.from_backbone(b, dtype=dtype), compression=compression) for b in backbones
+        ]
         _copy_episode_index(dataset, store)
         for backbone, feature_set in zip(backbones, feature_sets):
             done = len(feature_set)
-            if done > dataset.num_frames:
-                raise RuntimeError(f"{out}: set {feature_set.name!r} has {done} rows but the dataset only {total} frames")
-            bar = _progress_bar(progress, feature_set.name, done, total)
-            start = done
-            try:
-                while start < total:
-                    stop = min(start + batch_size, total)
-                    frames = dataset.frames(start, stop)
-                    features = backbone.embed(frames, batch_size=batch_size)
-                    start = feature_set.append(features, hash_frames(frames))
-                    if bar is not None:
-                        bar.update(stop - bar.n)
-            finally:
-                if bar is not None:
-                    bar.close()
-            report[feature_set.name] = {"done_before": done, "extracted": start - done, "total": total}
-            logger.info("%s: %s rows %d..%d of %d", out, feature_set.name, done, start, total)
+            if done > total and max_frames is None:
+                raise FeatureCacheError(
+                    f"{out}: set {feature_set.name!r} has {done} rows, the dataset only {total} frames"
+                )
+            end = _extract_one(dataset, backbone, feature_set, done, total, batch_size, progress)
+            report[feature_set.name] = {"done_before": done, "extracted": max(0, end - done), "total": total}
+            logger.info("%s: %s rows %d..%d of %d", out, feature_set.name, done, end, total)
     return report
+
+
+def _extract_one(
+    dataset: EpisodeDataset, backbone: Any, feature_set: Any, start: int, total: int, batch_size: int, progress: bool
+) -> int:
+    """Embed frames ``[start, total)`` batch by batch; returns the committed row count at the end.
+
+    Batch ``i`` is appended (compressed, written, flushed, committed) on a writer thread while the backbone runs on
+    batch ``i + 1``: h5py releases the GIL while HDF5 compresses and writes, so the two overlap. At most one append is
+    in flight, appends run in order, and an interruption waits for the one in flight, so committed rows never have
+    gaps.
+    """
+    bar = _progress_bar(progress, feature_set.name, start, total)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvrw-extract-writer")
+    in_flight = None
+    committed = start
+    try:
+        frames = dataset.frames(start, min(start + batch_size, total)) if start < total else None
+        while frames is not None:
+            features = backbone.embed(frames, batch_size=batch_size)
+            hashes = hash_frames(frames)
+            start += len(frames)
+            frames = dataset.frames(start, min(start + batch_size, total)) if start < total else None
+            if in_flight is not None:
+                committed = in_flight.result()
+                if bar is not None:
+                    bar.update(committed - bar.n)
+            in_flight = writer.submit(feature_set.append, features, hashes)
+    finally:
+        if in_flight is not None:
+            committed = in_flight.result()  # never leave an append behind (also on Ctrl-C)
+        writer.shutdown(wait=True)
+        if bar is not None:
+            bar.update(committed - bar.n)
+            bar.close()
+    return committed
 
 
 def _copy_episode_index(dataset: EpisodeDataset, store: FeatureStore) -> None:

@@ -121,7 +121,9 @@ class EpisodeWriter:
         frames = np.asarray(frames, dtype=np.uint8)
         steps = len(actions)
         if frames.shape != (steps + 1, *self.frame_shape):
-            raise ValueError(f"an episode of {steps} steps needs frames {(steps + 1, *self.frame_shape)}, got {frames.shape}")
+            raise ValueError(
+                f"an episode of {steps} steps needs frames {(steps + 1, *self.frame_shape)}, got {frames.shape}"
+            )
         n_frames, n_steps, n_episodes = (int(c) for c in self._table.counts())
         columns = {
             "actions": np.asarray(actions, np.float32).reshape(steps, self.action_dim),
@@ -215,7 +217,9 @@ class EpisodeDataset:
     def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.num_frames if stop is None else stop
         if not 0 <= start <= stop <= self.num_frames:
-            raise IndexError(f"frames [{start}, {stop}) out of range: {self.path} has {self.num_frames} committed frames")
+            raise IndexError(
+                f"frames [{start}, {stop}) out of range: {self.path} has {self.num_frames} committed frames"
+            )
         return self._frames[start:stop]
 
     def episode_table(self) -> dict[str, np.ndarray]:

@@ -37,7 +37,9 @@ def encode(features: np.ndarray, dtype: str) -> np.ndarray:
     x = np.asarray(features, dtype=np.float32)
     if dtype == "bfloat16":
         bits = np.ascontiguousarray(x).view(np.uint32)
-        rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+        rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(
+            np.uint16
+        )
         return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
     return x.astype(_STORAGE[dtype], copy=False)
 
@@ -242,7 +244,9 @@ class FeatureSet:
         """Append rows (flushed, then committed); returns the new committed count."""
         features = np.asarray(features)
         if features.shape[1:] != self.spec.output_shape:
-            raise ValueError(f"features of shape {features.shape[1:]} do not fit set {self.name!r} {self.spec.output_shape}")
+            raise ValueError(
+                f"features of shape {features.shape[1:]} do not fit set {self.name!r} {self.spec.output_shape}"
+            )
         if frame_hashes is None:
             frame_hashes = np.zeros((len(features), HASH_BYTES), dtype=np.uint8)
         if len(frame_hashes) != len(features):
@@ -411,7 +415,8 @@ class FeatureStore:
             if have != source_uuid:
                 raise FeatureCacheError(
                     f"{self.path} holds features of another episode dataset (uuid {have}, from"
-                    f" {_h5.str_attr(self._file['episodes'], 'source_path')}), not of {source_path} (uuid {source_uuid});"
+                    f" {_h5.str_attr(self._file['episodes'], 'source_path')}), not of {source_path}"
+                    f" (uuid {source_uuid});"
                     " write to a new --out file"
                 )
             return
