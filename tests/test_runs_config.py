@@ -36,6 +36,10 @@ def test_layers_route_keys_and_later_layers_win(tmp_path):
     assert config.frames == 5000
     assert config.algo_kwargs == {"batch_size": 128, "policy_kwargs": {"hidden_dim": 64}}
     assert config.env_kwargs == {"camera": "corner2", "render_quality": "fast"}
+    nested = build_config({"policy_kwargs": {"hidden_dim": 64}}, {"policy_kwargs.feature_dim": 20})
+    assert nested.algo_kwargs == {"policy_kwargs": {"hidden_dim": 64, "feature_dim": 20}}
+    with pytest.raises(ConfigError, match="frames.x: dotted keys go into"):
+        build_config({"frames.x": 1})
 
 
 def test_algorithm_arguments_are_checked_against_the_algorithm_that_is_finally_chosen():

@@ -223,16 +223,25 @@ def parse_override(item: str) -> tuple[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], algo: str) -> dict[str, Any]:
     """Merge ``overrides`` into the config dict ``data``.
 
-    A key is a run-level key (``frames``), a dotted key into a mapping (``env_kwargs.camera``), or a bare
-    constructor argument of the algorithm (``batch_size``), which goes into ``algo_kwargs``.
+    A key is a run-level key (``frames``), a dotted key into a mapping (``env_kwargs.camera``,
+    ``policy_kwargs.hidden_dim``), or a bare constructor argument of the algorithm (``batch_size``), which goes
+    into ``algo_kwargs``.
     """
     data = {**data, **{k: dict(data.get(k) or {}) for k in ("env_kwargs", "pvr_kwargs", "algo_kwargs")}}
     for key, value in overrides.items():
         head, _, tail = key.partition(".")
-        if tail:
-            if head not in ("env_kwargs", "pvr_kwargs", "algo_kwargs"):
-                raise ConfigError(f"{key}: dotted keys only go into env_kwargs, pvr_kwargs or algo_kwargs")
+        if tail and head in ("env_kwargs", "pvr_kwargs", "algo_kwargs"):
             data[head][tail] = value
+        elif tail and head in algo_parameters(algo):  # e.g. policy_kwargs.hidden_dim
+            nested = data["algo_kwargs"].get(head) or {}
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{key}: {head} is {nested!r}, not a mapping")
+            data["algo_kwargs"][head] = {**nested, tail: value}
+        elif tail:
+            raise ConfigError(
+                f"{key}: dotted keys go into env_kwargs, pvr_kwargs, algo_kwargs or a mapping argument of "
+                f"{ALGOS[algo].split(':')[1]} (e.g. policy_kwargs.hidden_dim)"
+            )
         elif key in TOP_LEVEL_KEYS:
             if key.endswith("_kwargs"):
                 if not isinstance(value, dict):
