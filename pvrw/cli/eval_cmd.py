@@ -28,8 +28,10 @@ from pvrw.cli._common import user_errors
 def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device: str | None, as_json: bool) -> None:
     """Evaluate RUN_DIR's latest checkpoint: reward, and success at any step and at the final step.
 
-    Evaluation envs use the run's evaluation seed (and make_env's fixed-goal mode when it has one), so repeated
-    evaluations of one checkpoint see the same tasks. The result is also written to RUN_DIR/eval.json.
+    Meta-World evaluation envs cycle through the 50 fixed MT1 object/goal configurations (make_env
+    goal_mode="fixed"), restarted by a seeded first reset, so every evaluation of a run sees the same tasks in the
+    same order (as the periodic evaluations during training do). Success at any step is Meta-World's official
+    criterion; success at the final step is the stricter one. The result is also written to RUN_DIR/eval.json.
     """
     from pvrw.runs.checkpoint import latest_checkpoint
     from pvrw.runs.config import load_algo_class, load_config
