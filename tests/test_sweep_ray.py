@@ -1,6 +1,8 @@
 """The Ray backend of sweeps and extraction: same run directories as the local queue, restarts after a dead worker.
 
-Runs are tiny SAC runs on classic-control Gymnasium tasks (no rendering), so the tests measure the backend, not RL.
+Runs are tiny TD3 runs on classic-control Gymnasium tasks (no rendering), so the tests measure the backend, not RL.
+(TD3 rather than SAC: SB3's SAC adds ``use_sde`` to the ``policy_kwargs`` dict it is given, which currently leaks into
+the saved config.yaml and makes a resume refuse the run; reported, unrelated to Ray.)
 Killing a worker is done from outside, like a lost node: the test reads the trial's PID from the run's
 ``status.json`` (written by the worker at each checkpoint) and sends it SIGKILL.
 """
@@ -49,7 +51,7 @@ def ray_session():
 
 def grid(root: Path):
     # deep copies: SB3 adds keys to the policy_kwargs it is given, which must not leak into the next grid
-    return expand_grid(root, **GRID, algo="sac", base=copy.deepcopy(TINY))
+    return expand_grid(root, **GRID, algo="td3", base=copy.deepcopy(TINY))
 
 
 def layout(run_dir: Path) -> list[str]:
@@ -108,8 +110,8 @@ def test_ray_and_local_backends_give_identical_metrics(both_backends):
         ray_rows = metrics_without_wall_time(ray_root / run.run_dir.relative_to(local_root))
         assert len(local_rows) > 3 and any(row[0] == "eval" for row in local_rows)
         assert ray_rows == local_rows
-    seed_0 = metrics_without_wall_time(ray_root / "Pendulum-v1/sac_none_64/seed_0")
-    seed_1 = metrics_without_wall_time(ray_root / "Pendulum-v1/sac_none_64/seed_1")
+    seed_0 = metrics_without_wall_time(ray_root / "Pendulum-v1/td3_none_64/seed_0")
+    seed_1 = metrics_without_wall_time(ray_root / "Pendulum-v1/td3_none_64/seed_1")
     assert seed_0 != seed_1  # the comparison can tell runs apart
 
 
@@ -164,16 +166,15 @@ def check_resumed_run(run_dir: Path, killed: dict) -> None:
     assert [int(row[1]) for row in rows if row[0] == "eval"] == [300, 600]
     with open(run_dir / "checkpoints" / "step_0000000600" / "replay_buffer.pkl", "rb") as f:
         buffer = pickle.load(f)
-    # The resumed attempt started from the checkpoint's buffer: it holds the transitions of both attempts, not only the
-    # <= 200 of the second. (run_training checkpoints in the step callback, before SB3 stores that step's transition:
-    # each resume and the final checkpoint miss one transition, hence 600 - 2.)
-    assert killed["frames"] >= 400 and buffer.pos == 600 - 2
+    # the resumed attempt started from the checkpoint's buffer: it holds every transition of both attempts (600 steps),
+    # not only the <= 200 of the second
+    assert killed["frames"] >= 400 and buffer.pos == 600
 
 
 def test_killed_worker_restarts_from_its_checkpoint(ray_session, tmp_path):
     from pvrw.runs.ray_backend import run_ray
 
-    runs = expand_grid(tmp_path, ["Pendulum-v1"], ["none"], [64], [3], algo="sac", base=copy.deepcopy(KILL_RUN))
+    runs = expand_grid(tmp_path, ["Pendulum-v1"], ["none"], [64], [3], algo="td3", base=copy.deepcopy(KILL_RUN))
     killed: dict = {}
     watcher = kill_after_checkpoint(runs[0].run_dir, 400, killed)
     events = []
@@ -188,7 +189,7 @@ def test_killed_worker_restarts_from_its_checkpoint(ray_session, tmp_path):
 def test_without_retries_a_killed_run_is_failed_then_resumed_by_rerunning(ray_session, tmp_path):
     from pvrw.runs.ray_backend import run_ray
 
-    runs = expand_grid(tmp_path, ["Pendulum-v1"], ["none"], [64], [3], algo="sac", base=copy.deepcopy(KILL_RUN))
+    runs = expand_grid(tmp_path, ["Pendulum-v1"], ["none"], [64], [3], algo="td3", base=copy.deepcopy(KILL_RUN))
     killed: dict = {}
     watcher = kill_after_checkpoint(runs[0].run_dir, 400, killed)
     assert run_ray(runs, tmp_path, max_failures=0) == {"skipped": 0, "finished": 0, "failed": 1}
@@ -221,8 +222,10 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_path):
     import torch
+    from click.testing import CliRunner
     from torch import nn
 
+    from pvrw.cli import main
     from pvrw.feature_cache.extraction import extract_features
     from pvrw.feature_cache.recording import EpisodeWriter
     from pvrw.feature_cache.store import FeatureStore
@@ -243,8 +246,11 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
     first = extract_features_ray(tmp_path / "episodes.h5", [backbone], tmp_path / "ray.h5", batch_size=8,
                                  num_workers=2, max_frames=30)  # fmt: skip
     assert first == {"ray_test_tiny": {"done_before": 0, "extracted": 30, "total": 30}}
-    resumed = extract_features_ray(tmp_path / "episodes.h5", [backbone], tmp_path / "ray.h5", batch_size=8, num_workers=2)
-    assert resumed == {"ray_test_tiny": {"done_before": 30, "extracted": 36, "total": 66}}
+    # the rest through the CLI (same process, so the backbone registered above is known)
+    args = ["extract", "--pvr", "ray_test_tiny", "--frames", str(tmp_path / "episodes.h5"), "--out", str(tmp_path / "ray.h5")]
+    resumed = CliRunner().invoke(main, [*args, "--batch-size", "8", "--backend", "ray", "--workers", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "36 frames extracted, 30 already there, 66 total" in resumed.output
     extract_features(tmp_path / "episodes.h5", [backbone], tmp_path / "local.h5", batch_size=8)
     with FeatureStore(tmp_path / "ray.h5") as on_ray, FeatureStore(tmp_path / "local.h5") as local:
         a, b = on_ray.get_set("ray_test_tiny"), local.get_set("ray_test_tiny")
@@ -269,7 +275,7 @@ def test_cli_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     for key in [k for k in sys.modules if k == "ray" or k.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, key)
-    args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "1", "--algo", "sac"]
+    args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "1", "--algo", "td3"]
     result = CliRunner().invoke(main, [*args, "--root", str(tmp_path), "--backend", "ray"])
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
@@ -284,18 +290,18 @@ def test_cli_sweep_on_ray_trains_then_skips(ray_session, tmp_path):
     from pvrw.cli import main
 
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY)))
-    args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "5,", "--algo", "sac"]
+    args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "5,", "--algo", "td3"]
     args += ["--config", str(tmp_path / "tiny.yaml"), "--root", str(tmp_path / "sweep"), "--backend", "ray"]
     args += ["--cpus-per-run", "1", "--no-progress"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "[done]" in first.output and "1 finished now, 0 failed" in first.output
-    status = RunStatus.read(RunDir(tmp_path / "sweep/Pendulum-v1/sac_none_64/seed_5"))
+    status = RunStatus.read(RunDir(tmp_path / "sweep/Pendulum-v1/td3_none_64/seed_5"))
     assert (status.state, status.frames) == ("finished", 300)
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0 and "1 already finished, 0 finished now" in second.output, second.output
     too_big = CliRunner().invoke(main, [*args, "--cpus-per-run", "64"])  # finished runs are skipped before Ray ...
     assert too_big.exit_code == 0, too_big.output
-    (tmp_path / "sweep/Pendulum-v1/sac_none_64/seed_5/status.json").unlink()  # ... so make the run unfinished
+    (tmp_path / "sweep/Pendulum-v1/td3_none_64/seed_5/status.json").unlink()  # ... so make the run unfinished
     too_big = CliRunner().invoke(main, [*args, "--cpus-per-run", "64"])
     assert too_big.exit_code == 1 and "no Ray node has that much" in too_big.output, too_big.output
