@@ -36,6 +36,17 @@ class TinyNet(nn.Module):
         return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
+@pytest.fixture(autouse=True)
+def _forget_tiny_backbones():
+    """Unregister this module's tiny test backbones afterwards (tests elsewhere list the registry)."""
+    from pvrw.pvr_wrappers import registry
+
+    yield
+    for name in [n for n in registry._REGISTRY if n.startswith("fc_tiny")]:
+        registry._REGISTRY.pop(name, None)
+        registry._CFG_CACHE.pop(name, None)
+
+
 def tiny_backbone(seed: int = 0, name: str = "fc_tiny", resolution: int = 16):
     """A real FrozenBackbone from the registry around a seeded TinyNet; counts frames through ``.frames_seen``."""
     from pvrw.pvr_wrappers.registry import create_backbone, register_backbone
