@@ -34,6 +34,9 @@ from pvrw.runs.sweep import SweepRun, write_index
 
 RAY_INSTALL_HINT = 'the Ray backend needs Ray, which is not installed: pip install "pvrw[ray]"'
 
+#: environment variables passed on to the workers of a cluster (weight locations, offline mode; never tokens)
+FORWARDED_ENV_PREFIXES = ("PVRW_", "HF_", "HUGGINGFACE_", "TORCH_HOME", "TRANSFORMERS_")
+
 #: Ray Tune's own files (experiment state, per-trial results) go here, under the sweep root
 TUNE_STORAGE_DIR = ".ray_tune"
 
@@ -79,7 +82,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     if address:
-        ray.init(address=address, **kwargs)
+        # a cluster's workers were started by `ray start`, not from this shell: pass on where weights are found
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES) and "TOKEN" not in k}
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, **kwargs)
         return True
     cpus = available_cpus()
     if num_cpus is not None and num_cpus > cpus:
