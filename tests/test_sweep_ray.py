@@ -220,7 +220,17 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "sweep.json").exists()  # nothing written before the error
 
 
-def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_path):
+@pytest.fixture
+def forget_test_backbone():
+    """Unregister the tiny test backbone afterwards (tests elsewhere list the registry)."""
+    from pvrw.pvr_wrappers import registry
+
+    yield
+    registry._REGISTRY.pop("ray_test_tiny", None)
+    registry._CFG_CACHE.pop("ray_test_tiny", None)
+
+
+def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_path, forget_test_backbone):
     import torch
     from click.testing import CliRunner
     from torch import nn
@@ -247,7 +257,15 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
                                  num_workers=2, max_frames=30)  # fmt: skip
     assert first == {"ray_test_tiny": {"done_before": 0, "extracted": 30, "total": 30}}
     # the rest through the CLI (same process, so the backbone registered above is known)
-    args = ["extract", "--pvr", "ray_test_tiny", "--frames", str(tmp_path / "episodes.h5"), "--out", str(tmp_path / "ray.h5")]
+    args = [
+        "extract",
+        "--pvr",
+        "ray_test_tiny",
+        "--frames",
+        str(tmp_path / "episodes.h5"),
+        "--out",
+        str(tmp_path / "ray.h5"),
+    ]
     resumed = CliRunner().invoke(main, [*args, "--batch-size", "8", "--backend", "ray", "--workers", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "36 frames extracted, 30 already there, 66 total" in resumed.output
