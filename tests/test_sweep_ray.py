@@ -316,6 +316,9 @@ def test_cli_sweep_on_ray_trains_then_skips(ray_session, tmp_path):
     assert "[done]" in first.output and "1 finished now, 0 failed" in first.output
     status = RunStatus.read(RunDir(tmp_path / "sweep/Pendulum-v1/td3_none_64/seed_5"))
     assert (status.state, status.frames) == ("finished", 300)
+    plotted = CliRunner().invoke(main, ["plot", str(tmp_path / "sweep"), "--out", str(tmp_path / "fig.png")])
+    assert plotted.exit_code == 0 and "1 runs" in plotted.output, plotted.output  # pvrw plot reads a Ray sweep as is
+    assert (tmp_path / "fig.png").stat().st_size > 0
     second = CliRunner().invoke(main, args)
     assert second.exit_code == 0 and "1 already finished, 0 finished now" in second.output, second.output
     too_big = CliRunner().invoke(main, [*args, "--cpus-per-run", "64"])  # finished runs are skipped before Ray ...
