@@ -100,6 +100,17 @@ def test_round_trip_per_dtype(tmp_path, dtype):
         assert not np.array_equal(expected, x)  # the rounding really happened
 
 
+def test_compression_choice(tmp_path):
+    with FeatureStore(tmp_path / "f.h5", "a") as store:
+        small = store.require_set(spec(backbone="small", output_shape=(768,)))  # auto: lzf up to 16 KiB rows
+        large = store.require_set(spec(backbone="large", output_shape=(128, 14, 14)))  # auto: none
+        gzip = store.require_set(spec(backbone="gzip", output_shape=(128, 14, 14)), compression="gzip")
+        assert small._group["features"].compression == "lzf" and large._group["features"].compression is None
+        assert gzip._group["features"].compression == "gzip"
+        with pytest.raises(ValueError, match="compression 'zstd' is not supported"):
+            store.require_set(spec(backbone="other"), compression="zstd")
+
+
 @pytest.mark.parametrize("cache_bytes", [0, 4096, 256 << 20])
 def test_random_reads_match_numpy_for_any_chunk_cache(tmp_path, cache_bytes):
     """Uncached, evicting and all-in-cache reads give the same rows, with repeats and the partly filled last chunk."""

@@ -176,10 +176,11 @@ def _algorithm_class(name: str) -> type:
 )
 @click.option(
     "--compression",
-    type=click.Choice(["lzf", "gzip", "none"]),
-    default="lzf",
+    type=click.Choice(["auto", "lzf", "gzip", "none"]),
+    default="auto",
     show_default=True,
-    help="HDF5 compression of new feature sets ('none' writes large maps such as resnet18's fastest).",
+    help="HDF5 compression of new feature sets; auto: lzf for rows up to 16 KiB, none for large maps (resnet18),"
+    " where lzf costs ~20% extraction time for ~28% smaller files.",
 )
 @click.option("--device", default="cpu", show_default=True, help="torch device for the backbones.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -192,8 +193,8 @@ def _algorithm_class(name: str) -> type:
               help="--backend ray: number of workers. [default: as many as the free CPUs (or GPUs) allow]")  # fmt: skip
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
               help="--backend ray: GPUs per worker; > 0 runs the replicas on CUDA.")  # fmt: skip
-def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compression, device, backend, address, workers,
-            gpus_per_worker):  # fmt: skip
+def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compression, device, backend, address,
+            workers, gpus_per_worker):  # fmt: skip
     """Extract features of every recorded frame for one or more backbones (resumable)."""
     with _user_errors():
         from pvrw.feature_cache.extraction import extract_features

@@ -30,7 +30,7 @@ def extract_features(
     dtype: str = "float32",
     progress: bool = False,
     max_frames: int | None = None,
-    compression: str | None = "lzf",
+    compression: str | None = "auto",
 ) -> dict[str, dict[str, int]]:
     """Append features of the committed frames of ``frames_path`` to ``out``, one feature set per backbone.
 

@@ -30,6 +30,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 HASH_BYTES = 16
 COMPRESSIONS = ("lzf", "gzip", None)
+AUTO_COMPRESS_MAX_ROW_BYTES = 16 << 10
 
 
 def encode(features: np.ndarray, dtype: str) -> np.ndarray:
@@ -366,15 +367,19 @@ class FeatureStore:
             self._sets[name] = FeatureSet(self, name, self._cache_bytes)
         return self._sets[name]
 
-    def require_set(self, spec: FeatureSpec, name: str | None = None, compression: str | None = "lzf") -> FeatureSet:
+    def require_set(self, spec: FeatureSpec, name: str | None = None, compression: str | None = "auto") -> FeatureSet:
         """The set called ``name`` (default: the backbone name), created if absent, refused if it mismatches ``spec``.
 
-        :param compression: HDF5 filter of a new set's features: ``"lzf"`` (fast; ReLU maps shrink a lot), ``"gzip"``
-            (smaller, slower) or ``None`` (fastest writes: large float rows such as ResNet maps cost real CPU to
-            compress, see benchmarks/bench_feature_cache.py).
+        :param compression: HDF5 filter of a new set's features: ``"lzf"``, ``"gzip"`` (smaller, slower), ``None``,
+            or ``"auto"``: lzf for rows up to 16 KiB (ViT CLS, CLS + registers), none for larger rows. Measured in
+            benchmarks/bench_feature_cache.py: lzf shrank resnet18 112x112 maps (98 KiB/row) by only ~28% but added
+            ~20% CPU time to an extraction; for small rows it costs next to nothing.
         """
+        if compression == "auto":
+            row_bytes = int(np.prod(spec.output_shape)) * np.dtype(_STORAGE[spec.dtype]).itemsize
+            compression = "lzf" if row_bytes <= AUTO_COMPRESS_MAX_ROW_BYTES else None
         if compression not in COMPRESSIONS:
-            raise ValueError(f"compression {compression!r} is not supported; use one of {COMPRESSIONS}")
+            raise ValueError(f"compression {compression!r} is not supported; use one of 'auto', {COMPRESSIONS}")
         name = name or spec.backbone
         if name in self:
             spec.check_matches(FeatureSpec.from_attrs(self._file["sets"][name]), f"feature set {name!r} in {self.path}")
