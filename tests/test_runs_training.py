@@ -160,3 +160,20 @@ def test_sac_on_metaworld_frame_stacks_stores_each_frame_once_unless_a_buffer_is
     assert "replay_buffer_class" not in algo_constructor_kwargs(build_config({"algo": "sac", "env": "Pendulum-v1"}))
     with pytest.raises(ConfigError, match="cannot import 'nowhere:Buffer'"):
         algo_constructor_kwargs(build_config({"algo": "sac", "replay_buffer_class": "nowhere:Buffer"}))
+
+
+def test_sac_run_with_policy_kwargs_resumes_with_a_fresh_config(tmp_path):
+    """SB3's SAC writes ``use_sde`` into the policy_kwargs it gets: the saved config must stay the user's."""
+    import test_runs_tinyenv  # noqa: F401
+
+    def sac_config(frames):
+        return build_config(
+            {**TINY, "algo": "sac", "policy_kwargs": {"net_arch": [16]}},
+            dict(frames=frames, eval_every=0, eval_episodes=1, checkpoint_every=60, video=False),
+        )
+
+    rd = RunDir(tmp_path / "run")
+    assert run_training(sac_config(60), rd.root).frames == 60
+    assert load_config(rd.config).algo_kwargs["policy_kwargs"] == {"net_arch": [16]}
+    status = run_training(sac_config(120), rd.root)  # extend the run: a fresh config must be accepted
+    assert status.state == "finished" and status.frames == 120

@@ -7,6 +7,7 @@ last checkpoint, with ``metrics.csv`` cut back to that checkpoint, so nothing is
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import shutil
@@ -51,7 +52,7 @@ def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
     SB3's default buffer would store every stack twice (over 200 GB for 1M transitions at 112 px); the sampled
     transitions are the same.
     """
-    kwargs = dict(config.algo_kwargs)
+    kwargs = copy.deepcopy(config.algo_kwargs)  # SB3 adds keys to the policy_kwargs it is given (SAC: use_sde)
     if isinstance(kwargs.get("replay_buffer_class"), str):
         kwargs["replay_buffer_class"] = _import_object(kwargs["replay_buffer_class"])
     if (
