@@ -111,6 +111,9 @@ def test_multi_env_vec_frame_stack_and_perturbation_crossing():
     model = DrM("CnnPolicy", pixel_venv(n_envs=2), seed=0, dormant_perturb_interval=15, **FAST)
     model.learn(60)
     assert model.replay_buffer.n_envs == 2
+    # one update per train_freq = 2 transitions as in the reference: 2 gradient steps per 2-steps-per-env rollout
+    assert model.gradient_steps == 2
+    assert model._n_updates == (60 - FAST["learning_starts"]) // 2
     # num_timesteps grows by 2 per env step and updates happen every 2 env steps (4 timesteps), so multiples of 15
     # are never hit exactly: the perturbation triggers when one is crossed.
     steps = [p["step"] for p in model.perturbations]

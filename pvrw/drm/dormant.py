@@ -107,7 +107,7 @@ def perturb(network: nn.Module, optimizer: th.optim.Optimizer | None, factor: fl
 
     The reference re-initialises a deep copy of the whole network and matches parameter names against Linear module
     names; drawing a fresh init per Linear layer gives the same result for DrM's networks without copying them (which
-    matters for the 100M-parameter PIE-G head at 224 px).
+    matters for the ~411M-parameter PIE-G head at 224 px (k=3)).
 
     :param network: the module to perturb in place
     :param optimizer: its optimizer, whose state is reset (None: nothing to reset)

@@ -50,7 +50,7 @@ class DrM(OffPolicyAlgorithm):
     exploitation (expectile value net blended into the TD target).
 
     Defaults map the reference configuration onto SB3: ``learning_starts = num_seed_frames / action_repeat = 2000``,
-    ``train_freq = update_every_steps = 2``, ``gradient_steps = 1``, ``batch_size = 256``, ``buffer_size = 1e6``,
+    ``train_freq = update_every_steps = 2``, ``gradient_steps = n_envs``, ``batch_size = 256``, ``buffer_size = 1e6``,
     ``learning_rate = 1e-4``, ``tau = critic_target_tau = 0.01``. All schedules count agent steps
     (``num_timesteps``). ``variant`` picks the reference agent and fills the ``None`` arguments from
     :data:`VARIANT_DEFAULTS`; explicit arguments win. Timing follows SB3: the first update runs once ``num_timesteps >
@@ -75,7 +75,8 @@ class DrM(OffPolicyAlgorithm):
     :param tau: target critic EMA coefficient (``critic_target_tau``)
     :param gamma: discount; None: variant default (0.99 / 0.97)
     :param train_freq: update every ``train_freq`` steps (``update_every_steps``)
-    :param gradient_steps: gradient steps per update
+    :param gradient_steps: gradient steps per update; None: ``n_envs``, which keeps the reference's one update per
+        ``train_freq`` transitions when SB3 collects ``train_freq`` steps from each of several envs
     :param action_noise: extra SB3 action noise (not in DrM; keep None)
     :param replay_buffer_class: replay buffer class; None: :class:`~pvrw.drm.buffers.DrMReplayBuffer` (each frame
         stored once, reference n-step windows) with ``n_steps`` and ``gamma``. SB3's ``NStepReplayBuffer`` takes the
@@ -131,7 +132,7 @@ class DrM(OffPolicyAlgorithm):
         tau: float = 0.01,
         gamma: float | None = None,
         train_freq: int | tuple[int, str] = 2,
-        gradient_steps: int = 1,
+        gradient_steps: int | None = None,
         action_noise: ActionNoise | None = None,
         replay_buffer_class: type[ReplayBuffer] | None = None,
         replay_buffer_kwargs: dict[str, Any] | None = None,
@@ -177,7 +178,7 @@ class DrM(OffPolicyAlgorithm):
             tau,
             defaults["gamma"] if gamma is None else gamma,
             train_freq,
-            gradient_steps,
+            1 if gradient_steps is None else gradient_steps,
             action_noise=action_noise,
             replay_buffer_class=replay_buffer_class,
             replay_buffer_kwargs=replay_buffer_kwargs,
@@ -193,6 +194,8 @@ class DrM(OffPolicyAlgorithm):
             supported_action_spaces=(spaces.Box,),
             support_multi_env=True,
         )
+        if gradient_steps is None:  # without an env (loading), the saved value is restored afterwards
+            self.gradient_steps = self.n_envs if self.env is not None else 1
         self.variant = variant
         self.num_expl_steps = learning_starts if num_expl_steps is None else num_expl_steps
         self.stddev_type = stddev_type

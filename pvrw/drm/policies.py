@@ -259,7 +259,13 @@ class CnnPolicy(DrMPolicy):
 
 
 class PiegPolicy(DrMPolicy):
-    """DrM policy on stacked spatial PVR features ``(k, C, h, w)`` with the PIE-G head. See :class:`DrMPolicy`."""
+    """
+    DrM policy on stacked spatial PVR features ``(k, C, h, w)`` with the PIE-G head. See :class:`DrMPolicy`.
+
+    The actor/critic/value trunks keep DrM's ``feature_dim`` (50), so that only the observation differs between the
+    study's variants. PIE-G itself trained with ``feature_dim=256`` (``cfgs/piegconfig.yaml``): pass
+    ``policy_kwargs=dict(feature_dim=256)`` to reproduce its trunks.
+    """
 
     def __init__(
         self,

@@ -23,19 +23,6 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def preload_torch_compiler() -> None:
-    """Import torch's compiler stack (triton) before MuJoCo's OSMesa context exists.
-
-    Importing triton after an OSMesa (llvmpipe) renderer was created segfaults the process (both bundle LLVM);
-    SB3/torch import it lazily on the first optimizer construction, i.e. after the envs are made, and importing
-    ``pvrw.pvr_wrappers`` (mujoco with MUJOCO_GL=osmesa) already loads OSMesa. Call this before either.
-    """
-    try:
-        import torch._dynamo  # noqa: F401
-    except ImportError:  # no compiler stack on this install: nothing to order
-        return
-
-
 def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:
     from pvrw.pvr_wrappers import make_env
 
@@ -82,7 +69,6 @@ def make_run_env(
     :param record_frames: put a :class:`FrameRecorder` under the feature wrapper (for videos).
     :param backbone: a backbone already built by :func:`make_backbone`, shared by the train and eval envs.
     """
-    preload_torch_compiler()
     seed = config.seed + (EVAL_SEED_OFFSET if evaluation else 0)
     uses_pvr = config.pvr != "none"
     if config.is_metaworld:
@@ -111,7 +97,6 @@ def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
     if config.pvr == "none":
         return None
-    preload_torch_compiler()
     from pvrw.pvr_wrappers import create_backbone, list_backbones
 
     known = list(list_backbones())
