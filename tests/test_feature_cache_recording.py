@@ -10,13 +10,18 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch._dynamo  # noqa: F401  (before mujoco/OSMesa loads: importing it after segfaults; PPO below needs it)
 from click.testing import CliRunner
 from gymnasium.wrappers import TimeLimit
 from test_feature_cache import _forget_tiny_backbones, tiny_backbone  # noqa: F401 (autouse fixture)
 
 from pvrw.cli import main
-from pvrw.feature_cache import EpisodeDataset, FeatureCacheError, FeatureSetMismatchError, FeatureStore, hash_frames
+from pvrw.feature_cache import (
+    EpisodeDataset,
+    FeatureCacheError,
+    FeatureSetMismatchError,
+    FeatureStore,
+    hash_frames,
+)
 from pvrw.feature_cache.extraction import extract_features
 from pvrw.feature_cache.recording import make_policy, record_episodes
 

@@ -278,6 +278,17 @@ def test_cache_path_wraps_cached_backbone(resnet32, tmp_path):
     env.backbone.close()
 
 
+def test_closing_the_env_writes_the_cached_features(resnet32, tmp_path):
+    pytest.importorskip("pvrw.feature_cache.content_cache")
+    env = PVRObservation(PixelEnv(), resnet32, cache=tmp_path / "features.h5")
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    assert env.backbone.cache_info()["written"] == 0  # buffered: fewer rows than flush_every
+    env.close()
+    assert env.backbone.cache_info()["written"] == 3  # zero padding + 2 frames, written when the env closed
+    env.backbone.close()
+
+
 def test_gymnasium_vector_same_step_autoreset(resnet32):
     from gymnasium.vector import AutoresetMode
 

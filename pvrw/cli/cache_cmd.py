@@ -72,8 +72,11 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
 def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, action_repeat, render_quality, algo):
     """Record frames, actions, rewards, dones and success of a policy to an HDF5 episode dataset."""
     with _user_errors():
-        _preload_torch_compiler()
-        from pvrw.feature_cache.recording import load_sb3_model, make_policy, record_episodes
+        from pvrw.feature_cache.recording import (
+            load_sb3_model,
+            make_policy,
+            record_episodes,
+        )
         from pvrw.pvr_wrappers.metaworld_env import make_env
 
         model, frame_stack = None, 1
@@ -116,15 +119,6 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
         f"recorded {summary['episodes']} episodes to {out}: mean return {summary['mean_return']:.2f},"
         f" success rate {summary['success_rate']:.2f}"
     )
-
-
-def _preload_torch_compiler() -> None:
-    """Import torch's compiler stack before MuJoCo's OSMesa: importing it after (as loading a model's optimizer
-    does) segfaults the process, both bundle LLVM."""
-    try:
-        import torch._dynamo  # noqa: F401
-    except Exception:
-        pass
 
 
 def _algorithm_class(name: str) -> type:

@@ -284,6 +284,20 @@ class PVRObservation(gym.ObservationWrapper):
             frames = random_shift(frames, self.augment_pad, self._aug_rng)
         return self.embedder([(0, frames)])[0].astype(self.output_dtype, copy=False)
 
+    def close(self) -> None:
+        flush_feature_cache(self.backbone)
+        super().close()
+
+
+def flush_feature_cache(backbone: Any) -> None:
+    """Write the rows a :class:`~pvrw.feature_cache.CachedBackbone` still buffers (a no-op for plain backbones).
+
+    Flushed, not closed: one backbone may serve several envs (a run's train and eval envs).
+    """
+    flush = getattr(backbone, "flush", None)
+    if callable(flush):
+        flush()
+
 
 def _vec_setup(space: gym.Space, backbone: Any, n: int, channels_first: bool | None, augment: bool, cache: Any,
                output_dtype: Any, batch_size: int, **kwargs: Any):
@@ -316,6 +330,10 @@ class VecPVRObservation(VecEnvWrapper):
         self.augment, self.augment_pad = augment, augment_pad
         self._aug_rng = np.random.default_rng()
         super().__init__(venv, observation_space=space)
+
+    def close(self) -> None:
+        flush_feature_cache(self.backbone)
+        super().close()
 
     def _frames(self, obs: np.ndarray) -> np.ndarray:
         frames = self.layout.frames(obs)
@@ -369,6 +387,10 @@ class VectorPVRObservation(gym.vector.VectorWrapper):
         self._aug_rng = np.random.default_rng()
         self.single_observation_space = space
         self.observation_space = gym.vector.utils.batch_space(space, env.num_envs)
+
+    def close(self) -> None:
+        flush_feature_cache(self.backbone)
+        super().close()
 
     def _frames(self, obs: np.ndarray) -> np.ndarray:
         frames = self.layout.frames(obs)
