@@ -6,10 +6,8 @@ Heavy submodules (torch, mujoco, stable-baselines3) are imported on first use of
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from pvrw._gl import configure_gl_backend
+from pvrw._lazy import lazy_getattr
 
 configure_gl_backend()
 
@@ -21,20 +19,16 @@ _LAZY_EXPORTS = {
     "scripted_expert": "pvrw.pvr_wrappers",
     "PVRObservation": "pvrw.pvr_wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers",
+    "VectorPVRObservation": "pvrw.pvr_wrappers",
     "create_backbone": "pvrw.pvr_wrappers",
     "list_backbones": "pvrw.pvr_wrappers",
     "register_backbone": "pvrw.pvr_wrappers",
     "FeatureStore": "pvrw.feature_cache",
     "DrM": "pvrw.drm",
+    "trainable_parameter_counts": "pvrw.drm",
     "DrMReplayBuffer": "pvrw.drm.buffers",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_EXPORTS)]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_EXPORTS:
-        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pvrw' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY_EXPORTS)

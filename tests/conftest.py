@@ -4,8 +4,12 @@ import pvrw  # noqa: F401  (sets MUJOCO_GL / PYOPENGL_PLATFORM before mujoco is 
 import pytest
 import torch
 
-# Tests use tiny networks: one thread avoids oversubscribing small CPUs (up to 10x faster on a busy 2-core box).
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests use tiny networks: one intra-op thread avoids oversubscribing small CPUs (up to 10x faster on a busy
+    2-core box). Set before every test, since a training run may change it."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

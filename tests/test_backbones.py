@@ -32,15 +32,6 @@ IMAGENET = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small forward passes on 2 cores shared with other jobs: one intra-op thread avoids OpenMP barrier stalls
-    (measured 10-100x slower per tiny batch with 2 threads under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def imagenet_norm(x: torch.Tensor) -> torch.Tensor:
     return (x.float() / 255 - IMAGENET[0]) / IMAGENET[1]
 

@@ -15,14 +15,6 @@ from pvrw.drm.schedules import ConstantStepSchedule, TwoPhaseLinearStepSchedule
 TINY = dict(hidden_dim=16, feature_dim=6)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
 
 # --- formulas at chosen ratios (values from the reference notes' tables) ---------------------------------------------
 

@@ -7,14 +7,6 @@ from torch import nn
 from pvrw.drm import DrM, trainable_parameter_counts
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
 
 def _count(*modules):
     return sum(p.numel() for m in modules for p in m.parameters())

@@ -20,14 +20,6 @@ TINY = dict(hidden_dim=32, feature_dim=8)
 FAST = dict(learning_starts=16, batch_size=8, buffer_size=500, policy_kwargs=TINY)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
 
 class RandomFrameEnv(gym.Env):
     """Random per-step frames (uint8 RGB channel-last images or float per-frame features), seeded by ``reset``."""

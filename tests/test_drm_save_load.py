@@ -10,14 +10,6 @@ from pvrw.drm import DrM, LinearStepSchedule
 from pvrw.drm.policies import CnnPolicy
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks on a shared 2-core machine: one thread avoids oversubscription."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
 
 def _make(policy, variant="drm", seed=0, **kwargs):
     env = {"CnnPolicy": pixel_venv, "MlpPolicy": feature_env, "PiegPolicy": lambda: feature_env((128, 2, 2))}[policy]()

@@ -21,15 +21,6 @@ warnings.filterwarnings("ignore", category=RandomWeightsWarning)
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small forward passes on 2 cores shared with other jobs: one intra-op thread avoids OpenMP barrier stalls
-    (measured 10-100x slower per tiny batch with 2 threads under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 class PixelEnv(gym.Env):
     """Deterministic uint8 frames (a function of the reset seed and the step), stacked on the channel axis.
 

@@ -5,8 +5,7 @@ Public names are imported lazily so that ``import pvrw.feature_cache`` stays che
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pvrw._lazy import lazy_getattr
 
 _LAZY_EXPORTS = {
     # feature store (store.py)
@@ -31,10 +30,4 @@ _LAZY_EXPORTS = {
 
 __all__ = sorted(_LAZY_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_EXPORTS:
-        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pvrw.feature_cache' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY_EXPORTS)

@@ -6,8 +6,7 @@ for importing the others.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pvrw._lazy import lazy_getattr
 
 _LAZY_EXPORTS = {
     # Meta-World / Gymnasium pixel environments (metaworld_env.py)
@@ -30,10 +29,4 @@ _LAZY_EXPORTS = {
 
 __all__ = sorted(_LAZY_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_EXPORTS:
-        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pvrw.pvr_wrappers' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY_EXPORTS)
