@@ -147,6 +147,16 @@ def test_dtype_bfloat16_close_to_float32():
     assert np.abs(out - ref).mean() < 0.05 * np.abs(ref).mean()
 
 
+def test_dtype_by_name_and_non_float_dtype_refused():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        by_name = create_backbone("resnet18", weights="random", resolution=32, dtype="bfloat16")
+        assert by_name.dtype == torch.bfloat16 and "dtype=bfloat16" in by_name.preprocessing
+        for bad in (torch.int8, "float17"):
+            with pytest.raises(ValueError, match=r"not a floating-point torch dtype.*bfloat16"):
+                create_backbone("resnet18", weights="random", resolution=32, dtype=bad)
+
+
 def test_bn_mode_pieg_follows_train():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)

@@ -52,6 +52,15 @@ class RandomWeightsWarning(UserWarning):
     """A backbone was built with random weights: its features are meaningless (smoke tests only)."""
 
 
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype, or its name (``"bfloat16"``, ``"torch.float16"``, as YAML configs write it)."""
+    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"dtype={dtype!r} is not a floating-point torch dtype; use torch.float32 (default), "
+                         "torch.bfloat16 or torch.float16 (or their names, e.g. 'bfloat16').")
+    return resolved
+
+
 @dataclasses.dataclass
 class BackboneCfg:
     """Everything the registry knows about one backbone.
@@ -120,9 +129,10 @@ class BackboneCfg:
     def check_resolution(self, resolution: int) -> int:
         """Return ``resolution`` as an int, or raise a ValueError naming the sides this architecture allows."""
         if int(resolution) != resolution or resolution < self.min_resolution or resolution % self.resolution_multiple:
+            multiple = f"a multiple of {self.resolution_multiple} and " if self.resolution_multiple > 1 else ""
             raise ValueError(
-                f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be a multiple of "
-                f"{self.resolution_multiple} and at least {self.min_resolution} (e.g. {self.study_resolutions}).")
+                f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be {multiple}at least "
+                f"{self.min_resolution} (e.g. {self.study_resolutions}).")
         return int(resolution)
 
 
@@ -331,7 +341,7 @@ def load_weights_into(cfg: BackboneCfg, model: nn.Module, path: Path, resolution
 
 
 def create_backbone(name: str, weights: str | Path | None = None, resolution: int | None = 112,
-                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
                     **options: Any) -> FrozenBackbone:
     """Build a registered backbone, frozen.
 
@@ -341,7 +351,7 @@ def create_backbone(name: str, weights: str | Path | None = None, resolution: in
     :param resolution: side of the square image the backbone sees (frames are resized to it); None for the entry's
         default.
     :param device: torch device.
-    :param dtype: parameter/compute dtype (float32 default; bfloat16 or float16 where asked).
+    :param dtype: parameter/compute dtype (float32 default; bfloat16 or float16 where asked), or its name.
     :param options: entry options, e.g. ``tokens="cls"`` for ``dinov2_reg`` (see ``get_backbone_cfg(name).options``).
     :raises UnknownBackboneError: unknown name. :raises WeightsNotFoundError: no weights found offline.
     :raises WeightsFormatError: a weight file of another model or format.
@@ -349,6 +359,7 @@ def create_backbone(name: str, weights: str | Path | None = None, resolution: in
     cfg = get_backbone_cfg(name)
     resolution = cfg.check_resolution(cfg.default_resolution if resolution is None else resolution)
     options = cfg.resolve_options(**options)
+    dtype = resolve_dtype(dtype)
     if isinstance(weights, str) and weights == RANDOM:
         msg = (f"Backbone {name!r} is built with RANDOM weights: its features are meaningless. Use this for smoke "
                "tests only.")
