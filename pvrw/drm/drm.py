@@ -10,6 +10,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.vec_env import VecEnv
 
 from pvrw.drm.buffers import DrMReplayBuffer
 from pvrw.drm.dormant import dormant_lambda, dormant_ratio, dormant_stddev, perturb, perturb_factor
@@ -447,6 +449,19 @@ class DrM(OffPolicyAlgorithm):
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
+
+    @staticmethod
+    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
+        # SB3 takes a Gymnasium VectorEnv (e.g. pvrw's make_vec_env) for a single env and fails with a message about
+        # OpenAI Gym; say what to use instead (used by __init__, set_env and load).
+        if isinstance(env, gym.vector.VectorEnv):
+            raise TypeError(
+                f"DrM, like every Stable-Baselines3 algorithm, takes one gymnasium.Env or an SB3 VecEnv, not a Gymnasium "
+                f"{type(env).__name__} (what pvrw.make_vec_env returns). For several envs use "
+                "DummyVecEnv([lambda: make_env(...)] * n) or SubprocVecEnv (stable_baselines3.common.vec_env), wrapped "
+                "in pvrw.VecPVRObservation for features."
+            )
+        return OffPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "value_net"]
