@@ -151,3 +151,54 @@ def test_a_run_whose_setup_fails_can_be_started_again(tmp_path):
     assert RunStatus.read(run).state == "failed" and not (run / "config.yaml").exists()
     result = invoke("train", *TINY, "--frames", "20", "--eval-episodes", "1", "--no-video", "--out", str(run))
     assert result.exit_code == 0, result.output
+
+
+def test_config_errors_are_one_line_and_suggest_the_key(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("frames: [\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(broken)])
+    assert result.exit_code == 2 and "is not valid YAML at line 2" in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error") or line.startswith("  ")]
+    assert len(error_lines) == 1, result.output
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("batchsize: 3\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(typo)])
+    assert result.exit_code == 2 and "did you mean batch_size?" in result.output
+    typo.write_text("algo_kwargs:\n  gama: 0.9\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(typo)])
+    assert result.exit_code == 2 and f"config file {typo}: algo_kwargs.gama" in result.output
+    assert "did you mean gamma?" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "bogus"], "device: 'bogus' is not a torch device"),
+        (["--pvr", "nosuch"], "pvr: unknown backbone 'nosuch'"),
+        (["--pvr", "resnet18", "--weights", "/nonexistent/w.pth"], "weights: /nonexistent/w.pth does not exist"),
+    ],
+)
+def test_bad_run_settings_are_user_errors(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["train", *TINY, "--frames", "20", *args, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_a_named_gpu_is_refused_where_there_is_none(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # SB3 would silently train on the CPU
+    result = CliRunner().invoke(main, ["train", *TINY, "--frames", "20", "--device", "cuda", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "CUDA is not available here" in result.output, result.output
+
+
+def test_missing_weights_are_one_line_that_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVRW_WEIGHTS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = CliRunner().invoke(main, ["train", *TINY, "--frames", "20", "--pvr", "dinov2", "--resolution", "28",
+                                       "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert "No weights found for backbone 'dinov2'" in line and "pvrw download dinov2" in line
+    assert "--weights PATH" in line and "Looked at" not in result.output

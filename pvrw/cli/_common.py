@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,16 +22,25 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as err:
             raise click.UsageError(str(err)) from None
         except FileNotFoundError as err:
+            if type(err).__name__ == "WeightsNotFoundError":  # pvrw.pvr_wrappers.weights, imported only when used
+                raise click.ClickException(missing_weights_line(str(err))) from None
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
-        except Exception as err:
-            if type(err).__name__ == "WeightsNotFoundError":  # pvrw.pvr_wrappers.weights, imported only when used
-                raise click.ClickException(str(err)) from None
-            raise
 
     return wrapper
+
+
+def missing_weights_line(message: str) -> str:
+    """One line for a missing-weights error (its full text, every place looked at, is `pvrw backbones -v NAME`)."""
+    first = message.splitlines()[0] if message else "No weights found"
+    found = re.search(r"backbone '([^']+)'", first)
+    name = found.group(1) if found else "NAME"
+    return (
+        f"{first} Get them with `pvrw download {name}` on a machine with network (then copy the cache here), "
+        f"or pass --weights PATH ('random': smoke tests only); `pvrw backbones -v {name}` lists where pvrw looks."
+    )
 
 
 def config_layers(

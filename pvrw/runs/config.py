@@ -9,6 +9,7 @@ Budgets are counted in environment *frames* (agent steps x action repeat), as Dr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import re
@@ -156,12 +157,7 @@ class RunConfig:
             raise ConfigError(f"pvr: must be 'none' or a backbone name such as {', '.join(PVRS[1:])}")
         if self.pvr == "none" and self.pvr_kwargs:
             raise ConfigError("pvr_kwargs: given but pvr is 'none' (pixels); set pvr to a backbone or drop pvr_kwargs")
-        bad = sorted(set(self.algo_kwargs) - algo_parameters(self.algo))
-        if bad:
-            raise ConfigError(
-                f"algo_kwargs.{bad[0]}: not an argument of {ALGOS[self.algo].split(':')[1]}; "
-                f"valid keys: {', '.join(sorted(algo_parameters(self.algo)))}"
-            )
+        check_algo_kwargs(self.algo_kwargs, self.algo)
         return self
 
 
@@ -185,6 +181,19 @@ def algo_parameters(algo: str) -> set[str]:
         for name, p in params.items()
         if name not in _RUN_OWNED_ARGS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
+
+
+def check_algo_kwargs(algo_kwargs: dict[str, Any], algo: str) -> None:
+    """Raise :class:`ConfigError` naming the first key of ``algo_kwargs`` that ``algo``'s constructor lacks."""
+    valid = algo_parameters(algo)
+    bad = sorted(set(algo_kwargs) - valid)
+    if bad:
+        close = difflib.get_close_matches(bad[0], valid, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            f"algo_kwargs.{bad[0]}: not an argument of {ALGOS[algo].split(':')[1]}{hint}; "
+            f"valid keys: {', '.join(sorted(valid))}"
+        )
 
 
 TOP_LEVEL_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -252,10 +261,13 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], algo: str) 
         elif key in algo_parameters(algo):
             data["algo_kwargs"][key] = value
         else:
+            close = difflib.get_close_matches(key, [*TOP_LEVEL_KEYS, *algo_parameters(algo)], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
-                f"{key}: unknown config key; use a run key ({', '.join(TOP_LEVEL_KEYS)}) "
+                f"{key}: unknown config key{hint}; use a run key ({', '.join(TOP_LEVEL_KEYS)}) "
                 f"or an argument of {ALGOS[algo].split(':')[1]} ({', '.join(sorted(algo_parameters(algo)))})"
             )
+    check_algo_kwargs(data["algo_kwargs"], algo)  # here, so that the error names the layer that set the key
     return data
 
 
@@ -267,7 +279,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -15,12 +16,22 @@ EVAL_SEED_OFFSET = 10_000
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device != "auto":
-        return device
+    """``auto`` -> ``cuda`` when available, else ``cpu``; any other name is checked.
+
+    SB3 silently falls back to the CPU when CUDA is missing; a run that asked for a GPU by name is refused instead,
+    so a sweep planned for GPUs does not run for days on CPUs.
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} but CUDA is not available here; use --device cpu (or auto)")
+    return device
 
 
 def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:
@@ -97,17 +108,26 @@ def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
     if config.pvr == "none":
         return None
-    from pvrw.pvr_wrappers import create_backbone, list_backbones
+    from pvrw.pvr_wrappers import create_backbone
 
-    known = list(list_backbones())
-    if config.pvr not in known:
-        raise ConfigError(f"pvr: unknown backbone {config.pvr!r}; choose 'none' or one of {', '.join(known)}")
+    check_backbone_name(config.pvr)
+    if config.weights not in (None, "random") and not Path(config.weights).exists():
+        raise ConfigError(f"weights: {config.weights} does not exist; give a weight file or folder, or 'random'")
     try:
         return create_backbone(
             config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
         )
     except ValueError as err:  # e.g. a resolution the backbone cannot take
         raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+
+
+def check_backbone_name(pvr: str) -> None:
+    """Raise :class:`ConfigError` unless ``pvr`` is ``none`` or a registered backbone."""
+    from pvrw.pvr_wrappers import list_backbones
+
+    known = list(list_backbones())
+    if pvr != "none" and pvr not in known:
+        raise ConfigError(f"pvr: unknown backbone {pvr!r}; choose 'none' or one of {', '.join(known)}")
 
 
 def _is_pixel_space(space: gym.Space) -> bool:

@@ -79,8 +79,9 @@ def build_model(config: RunConfig, env: Any) -> Any:
     algo_class = load_algo_class(config.algo)
     policy = default_policy(config, env.observation_space)
     kwargs = algo_constructor_kwargs(config)
+    device = resolve_device(config.device)
     try:
-        return algo_class(policy, env, seed=config.seed, device=resolve_device(config.device), verbose=0, **kwargs)
+        return algo_class(policy, env, seed=config.seed, device=device, verbose=0, **kwargs)
     except (TypeError, ValueError, KeyError) as err:
         raise ConfigError(
             f"algo_kwargs: {algo_class.__name__}({policy!r}, ...) refused the configuration: {err}"
