@@ -146,8 +146,9 @@ def test_errors_name_the_problem(resnet32):
         PVRObservation(PixelEnv(), "dino", weights="random")
     with pytest.raises(ValueError, match="multiple of 14.*resolution="):
         PVRObservation(PixelEnv(size=32), "dinov2", weights="random")
-    with pytest.raises(ValueError, match="augment=True"):
-        PVRObservation(PixelEnv(), resnet32, augment=True, cache="x.h5")
+    for wrap, env in ((PVRObservation, PixelEnv()), (VectorPVRObservation, gym.vector.SyncVectorEnv([PixelEnv]))):
+        with pytest.raises(ValueError, match="augment=True.*pass cache=None or augment=False"):
+            wrap(env, resnet32, augment=True, cache="x.h5")
     env = PVRObservation(PixelEnv(), resnet32)
     with pytest.raises(ValueError, match="uint8 observation of shape"):
         env.observation(np.zeros((9, 32, 32), np.float32))

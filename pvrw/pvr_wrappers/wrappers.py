@@ -18,8 +18,7 @@ frame is re-embedded at every step: no reuse and no cache.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,152 +26,10 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from pvrw.pvr_wrappers.frames import FrameLayout, StackEmbedder, random_shift, rgb_layout
 from pvrw.pvr_wrappers.registry import RANDOM, FrozenBackbone, create_backbone, get_backbone_cfg
 
-
-class FrameLayout:
-    """How RGB frames sit in an observation array, and how to take them out as ``(k,3,H,W)`` uint8."""
-
-    def __init__(self, shape: Sequence[int], channels_first: bool | None = None) -> None:
-        self.shape = tuple(shape)
-        s = self.shape
-        if len(s) == 4 and 3 in (s[1], s[3]):
-            self.kind = "kchw" if s[1] == 3 else "khwc"
-        elif len(s) == 3:
-            if channels_first is None:
-                channels_first = s[0] % 3 == 0 and not (s[2] % 3 == 0 and s[2] < s[0])
-            if channels_first and s[0] % 3 == 0:
-                self.kind = "chw"
-            elif not channels_first and s[2] % 3 == 0:
-                self.kind = "hwc"
-            else:
-                raise ValueError(f"observation shape {s} has no RGB channel axis (a multiple of 3).")
-        else:
-            raise ValueError(f"observation shape {s} is not an RGB frame or frame stack: expected (H,W,3), (3,H,W), "
-                             "(3k,H,W), (H,W,3k), (k,3,H,W) or (k,H,W,3).")
-        if self.kind == "chw":
-            self.k, self.height, self.width = s[0] // 3, s[1], s[2]
-        elif self.kind == "hwc":
-            self.k, self.height, self.width = s[2] // 3, s[0], s[1]
-        elif self.kind == "kchw":
-            self.k, self.height, self.width = s[0], s[2], s[3]
-        else:
-            self.k, self.height, self.width = s[0], s[1], s[2]
-
-    def frames(self, obs: np.ndarray) -> np.ndarray:
-        """One observation -> ``(k,3,H,W)`` uint8, C-contiguous."""
-        obs = np.asarray(obs)
-        if obs.shape != self.shape or obs.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 observation of shape {self.shape}, got {obs.dtype} {obs.shape}; "
-                             "the env does not produce the frames its observation_space declares.")
-        k, h, w = self.k, self.height, self.width
-        if self.kind == "chw":
-            out = obs.reshape(k, 3, h, w)
-        elif self.kind == "hwc":
-            out = obs.reshape(h, w, k, 3).transpose(2, 3, 0, 1)
-        elif self.kind == "kchw":
-            out = obs
-        else:
-            out = obs.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(out)
-
-
-def rgb_layout(space: gym.Space, channels_first: bool | None = None) -> FrameLayout:
-    """The :class:`FrameLayout` of an observation space, or a ValueError saying why it holds no RGB frames."""
-    if not isinstance(space, spaces.Box) or space.dtype != np.uint8:
-        raise ValueError(f"observation space {space} holds no uint8 RGB frames. Use source='render' with an env made "
-                         "with render_mode='rgb_array', or give the env a pixel observation (e.g. make_env).")
-    try:
-        return FrameLayout(space.shape, channels_first)
-    except ValueError as err:
-        raise ValueError(f"observation space {space}: {err} Use source='render' for envs whose observation is not "
-                         "the image.") from err
-
-
-def _digest(frame: np.ndarray) -> bytes:
-    return hashlib.blake2b(memoryview(frame).cast("B"), digest_size=16).digest()
-
-
-class _SlotState:
-    """What one env slot showed last: its frames, and for each frame either its features or a pending index."""
-
-    __slots__ = ("frames", "sources", "digests")
-
-    def __init__(self, frames: np.ndarray, sources: list) -> None:
-        self.frames = frames.copy()  # an env may reuse its observation buffer: keep what was actually seen
-        self.sources = sources  # each: np.ndarray features, or int index into the pending batch
-        self.digests: list[bytes] | None = None
-
-    def digest_map(self) -> dict[bytes, Any]:
-        if self.digests is None:
-            self.digests = [_digest(f) for f in self.frames]
-        return dict(zip(self.digests, self.sources))
-
-
-class StackEmbedder:
-    """Embeds frame stacks for ``n_slots`` envs, each distinct frame once, new frames of all slots in one call.
-
-    :param backbone: anything with ``embed(frames uint8 (N,3,H,W)) -> (N,*output_shape)`` and ``output_shape``.
-    :param reuse: reuse features of frames seen in the slot's previous observation (False when augmenting).
-    """
-
-    def __init__(self, backbone: Any, n_slots: int, reuse: bool = True, batch_size: int = 64) -> None:
-        self.backbone = backbone
-        self.reuse = reuse
-        self.batch_size = batch_size
-        self.state: list[_SlotState | None] = [None] * n_slots
-        self.backbone_calls = 0
-        self.frames_embedded = 0
-
-    def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> list[np.ndarray]:
-        """``[(slot, frames (k,3,H,W)), ...]`` in time order -> ``[features (k,*output_shape), ...]``."""
-        pending: list[np.ndarray] = []
-        pending_ids: dict[bytes, int] = {}
-
-        def new(frame: np.ndarray, digest: bytes | None = None) -> int:
-            if digest is None:
-                pending.append(frame)
-                return len(pending) - 1
-            if digest not in pending_ids:
-                pending_ids[digest] = len(pending)
-                pending.append(frame)
-            return pending_ids[digest]
-
-        planned: list[_SlotState] = []
-        for slot, frames in items:
-            prev = self.state[slot] if self.reuse else None
-            k = len(frames)
-            if prev is not None and k > 1 and prev.frames.shape == frames.shape and np.array_equal(
-                    frames[:-1], prev.frames[1:]):
-                last = prev.sources[-1] if np.array_equal(frames[-1], prev.frames[-1]) else new(frames[-1])
-                sources = [*prev.sources[1:], last]
-            else:
-                known = prev.digest_map() if prev is not None else {}
-                digests = [_digest(f) for f in frames]
-                sources = [known[d] if d in known else new(f, d) for f, d in zip(frames, digests)]
-            state = _SlotState(frames, sources)
-            self.state[slot] = state
-            planned.append(state)
-
-        features = None
-        if pending:
-            features = self.backbone.embed(np.stack(pending), batch_size=self.batch_size)
-            self.backbone_calls += 1
-            self.frames_embedded += len(pending)
-        out = []
-        for state in planned:
-            state.sources = [features[s] if isinstance(s, int) else s for s in state.sources]
-            out.append(np.stack(state.sources))
-        return out
-
-
-def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
-    """DrQ random shift of a ``(k,3,H,W)`` stack: replicate-pad by ``pad``, crop back at one random offset."""
-    if pad <= 0:
-        return frames
-    dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-    padded = np.pad(frames, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
-    return np.ascontiguousarray(padded[:, :, dy:dy + frames.shape[2], dx:dx + frames.shape[3]])
+__all__ = ["FrameLayout", "PVRObservation", "VecPVRObservation", "VectorPVRObservation", "random_shift", "rgb_layout"]
 
 
 def resolve_backbone(backbone: Any, frame_size: tuple[int, int] | None, weights: Any = None,
@@ -213,7 +70,40 @@ def feature_space(backbone: Any, k: int, dtype: Any = np.float32) -> spaces.Box:
     return spaces.Box(-np.inf, np.inf, shape=(k, *backbone.output_shape), dtype=dtype)
 
 
-class PVRObservation(gym.ObservationWrapper):
+def _check_augment(augment: bool, cache: Any) -> None:
+    if augment and cache is not None:
+        raise ValueError("augment=True re-embeds shifted frames every step, so a feature cache cannot be used; "
+                         "pass cache=None or augment=False.")
+
+
+class _PVRWrapperMixin:
+    """What the three wrappers share: the embedder, the optional random shift, flushing the cache on close."""
+
+    layout: FrameLayout | None
+    backbone: Any
+
+    def _init_features(self, backbone: Any, k: int, n_slots: int, augment: bool, augment_pad: int,
+                       output_dtype: Any, batch_size: int) -> spaces.Box:
+        """Set up embedding for ``n_slots`` envs; returns the per-env feature space."""
+        self.backbone = backbone
+        self.augment, self.augment_pad = augment, augment_pad
+        self._aug_rng = np.random.default_rng()
+        self.output_dtype = np.dtype(output_dtype)
+        self.embedder = StackEmbedder(backbone, n_slots, reuse=not augment, batch_size=batch_size)
+        return feature_space(backbone, k, self.output_dtype)
+
+    def _shift(self, frames: np.ndarray) -> np.ndarray:
+        return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
+
+    def _frames(self, obs: np.ndarray) -> np.ndarray:
+        return self._shift(self.layout.frames(obs))
+
+    def close(self) -> None:
+        flush_feature_cache(self.backbone)
+        super().close()
+
+
+class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
     """Replace RGB frames (or stacks of them) by frozen backbone features.
 
     :param env: a Gymnasium env with uint8 RGB observations, or any env with ``render_mode="rgb_array"`` and
@@ -243,9 +133,7 @@ class PVRObservation(gym.ObservationWrapper):
         super().__init__(env)
         if source not in ("observation", "render"):
             raise ValueError(f"source must be 'observation' or 'render', got {source!r}.")
-        if augment and cache is not None:
-            raise ValueError("augment=True re-embeds shifted frames every step, so a feature cache cannot be used; "
-                             "pass cache=None or augment=False.")
+        _check_augment(augment, cache)
         self.source = source
         if source == "render":
             if env.render_mode != "rgb_array":
@@ -256,14 +144,11 @@ class PVRObservation(gym.ObservationWrapper):
         else:
             self.layout = rgb_layout(env.observation_space, channels_first)
             frame_size = (self.layout.height, self.layout.width)
-        self.backbone = resolve_backbone(backbone, frame_size, weights, resolution, device, dtype, cache,
-                                         tokens=tokens, **backbone_options)
+        resolved = resolve_backbone(backbone, frame_size, weights, resolution, device, dtype, cache, tokens=tokens,
+                                    **backbone_options)
         self.k = 1 if self.layout is None else self.layout.k
-        self.output_dtype = np.dtype(output_dtype)
-        self.observation_space = feature_space(self.backbone, self.k, self.output_dtype)
-        self.augment, self.augment_pad = augment, augment_pad
-        self._aug_rng = np.random.default_rng()
-        self.embedder = StackEmbedder(self.backbone, 1, reuse=not augment, batch_size=batch_size)
+        self.observation_space = self._init_features(resolved, self.k, 1, augment, augment_pad, output_dtype,
+                                                     batch_size)
 
     def _render_frames(self) -> np.ndarray:
         frame = self.env.render()
@@ -279,14 +164,8 @@ class PVRObservation(gym.ObservationWrapper):
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation: Any) -> np.ndarray:
-        frames = self._render_frames() if self.layout is None else self.layout.frames(observation)
-        if self.augment:
-            frames = random_shift(frames, self.augment_pad, self._aug_rng)
+        frames = self._shift(self._render_frames()) if self.layout is None else self._frames(observation)
         return self.embedder([(0, frames)])[0].astype(self.output_dtype, copy=False)
-
-    def close(self) -> None:
-        flush_feature_cache(self.backbone)
-        super().close()
 
 
 def flush_feature_cache(backbone: Any) -> None:
@@ -299,18 +178,17 @@ def flush_feature_cache(backbone: Any) -> None:
         flush()
 
 
-def _vec_setup(space: gym.Space, backbone: Any, n: int, channels_first: bool | None, augment: bool, cache: Any,
-               output_dtype: Any, batch_size: int, **kwargs: Any):
-    if augment and cache is not None:
-        raise ValueError("augment=True cannot be combined with a feature cache.")
-    layout = rgb_layout(space, channels_first)
-    backbone = resolve_backbone(backbone, (layout.height, layout.width), cache=cache, **kwargs)
-    dtype = np.dtype(output_dtype)
-    embedder = StackEmbedder(backbone, n, reuse=not augment, batch_size=batch_size)
-    return layout, backbone, embedder, feature_space(backbone, layout.k, dtype), dtype
+def _vec_setup(wrapper: _PVRWrapperMixin, space: gym.Space, backbone: Any, n_envs: int,
+               channels_first: bool | None, augment: bool, augment_pad: int, cache: Any, output_dtype: Any,
+               batch_size: int, **kwargs: Any) -> spaces.Box:
+    """The vectorised wrappers' setup (their sub-env observation ``space``); returns the per-env feature space."""
+    _check_augment(augment, cache)
+    wrapper.layout = rgb_layout(space, channels_first)
+    resolved = resolve_backbone(backbone, (wrapper.layout.height, wrapper.layout.width), cache=cache, **kwargs)
+    return wrapper._init_features(resolved, wrapper.layout.k, n_envs, augment, augment_pad, output_dtype, batch_size)
 
 
-class VecPVRObservation(VecEnvWrapper):
+class VecPVRObservation(_PVRWrapperMixin, VecEnvWrapper):
     """SB3 ``VecEnvWrapper``: frozen features for every sub-env, all new frames in one backbone call per step.
 
     Use it between SB3's vectorisation and the algorithm: ``SAC("MlpPolicy", VecPVRObservation(DummyVecEnv([...]),
@@ -323,21 +201,10 @@ class VecPVRObservation(VecEnvWrapper):
                  dtype: torch.dtype = torch.float32, cache: Any = None, tokens: str | None = None,
                  augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
                  channels_first: bool | None = None, batch_size: int = 64, **backbone_options: Any) -> None:
-        self.layout, self.backbone, self.embedder, space, self.output_dtype = _vec_setup(
-            venv.observation_space, backbone, venv.num_envs, channels_first, augment, cache, output_dtype,
-            batch_size, weights=weights, resolution=resolution, device=device, dtype=dtype, tokens=tokens,
-            **backbone_options)
-        self.augment, self.augment_pad = augment, augment_pad
-        self._aug_rng = np.random.default_rng()
+        space = _vec_setup(self, venv.observation_space, backbone, venv.num_envs, channels_first, augment,
+                           augment_pad, cache, output_dtype, batch_size, weights=weights, resolution=resolution,
+                           device=device, dtype=dtype, tokens=tokens, **backbone_options)
         super().__init__(venv, observation_space=space)
-
-    def close(self) -> None:
-        flush_feature_cache(self.backbone)
-        super().close()
-
-    def _frames(self, obs: np.ndarray) -> np.ndarray:
-        frames = self.layout.frames(obs)
-        return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
 
     def _embed(self, items: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         return [f.astype(self.output_dtype, copy=False) for f in self.embedder(items)]
@@ -366,7 +233,7 @@ class VecPVRObservation(VecEnvWrapper):
         return np.stack(out), rewards, dones, infos
 
 
-class VectorPVRObservation(gym.vector.VectorWrapper):
+class VectorPVRObservation(_PVRWrapperMixin, gym.vector.VectorWrapper):
     """Gymnasium ``VectorEnv`` form of :class:`PVRObservation`: one backbone call per step for all sub-envs.
 
     Works with every autoreset mode (for same-step autoreset, ``infos["final_obs"]`` is embedded in the same call;
@@ -379,22 +246,11 @@ class VectorPVRObservation(gym.vector.VectorWrapper):
                  augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
                  channels_first: bool | None = None, batch_size: int = 64, **backbone_options: Any) -> None:
         super().__init__(env)
-        self.layout, self.backbone, self.embedder, space, self.output_dtype = _vec_setup(
-            env.single_observation_space, backbone, env.num_envs, channels_first, augment, cache, output_dtype,
-            batch_size, weights=weights, resolution=resolution, device=device, dtype=dtype, tokens=tokens,
-            **backbone_options)
-        self.augment, self.augment_pad = augment, augment_pad
-        self._aug_rng = np.random.default_rng()
+        space = _vec_setup(self, env.single_observation_space, backbone, env.num_envs, channels_first, augment,
+                           augment_pad, cache, output_dtype, batch_size, weights=weights, resolution=resolution,
+                           device=device, dtype=dtype, tokens=tokens, **backbone_options)
         self.single_observation_space = space
         self.observation_space = gym.vector.utils.batch_space(space, env.num_envs)
-
-    def close(self) -> None:
-        flush_feature_cache(self.backbone)
-        super().close()
-
-    def _frames(self, obs: np.ndarray) -> np.ndarray:
-        frames = self.layout.frames(obs)
-        return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         if seed is not None:
