@@ -150,7 +150,7 @@ def test_several_sets_in_one_file_and_mismatch_refused(tmp_path):
         assert len(store.get_set("toy")) == 3 and len(store.get_set("other")) == 2
 
 
-@pytest.mark.parametrize("content", ["junk", "truncated", "foreign", "episodes", "missing"])
+@pytest.mark.parametrize("content", ["junk", "truncated", "foreign", "episodes", "missing", "directory"])
 def test_bad_files_give_clear_errors(tmp_path, content):
     path = tmp_path / "bad.h5"
     if content == "junk":
@@ -166,12 +166,16 @@ def test_bad_files_give_clear_errors(tmp_path, content):
     elif content == "episodes":
         with h5py.File(path, "w") as f:
             f.attrs["pvrw_format"] = "pvrw.episodes"
+    elif content == "directory":
+        path.mkdir()
     for mode in ("r",) if content == "missing" else ("r", "a"):  # "a" creates a missing file
         with pytest.raises(FeatureCacheError) as err:
             with FeatureStore(path, mode) as store:
                 store.get_set("toy").read_range(0, 500)
         assert str(path) in str(err.value)
-        if content != "missing":
+        if content == "directory":
+            assert f"is a directory; pass the path of a file in it, e.g. {path / 'features.h5'}" in str(err.value)
+        elif content != "missing":
             assert "pvrw.features" in str(err.value)
     if content == "foreign":  # opening for writing must not have touched the foreign file
         with h5py.File(path, "r") as f:

@@ -55,6 +55,8 @@ def describe_open_error(path: str | os.PathLike, error: OSError, expected_format
     path = Path(path)
     if not path.exists():
         return FeatureCacheError(f"{path}: no such file")
+    if path.is_dir():
+        return FeatureCacheError(f"{path} is a directory; pass the path of a file in it, e.g. {path / 'features.h5'}")
     if "already open for read-only" in str(error):
         return FileBusyError(f"{path} is already open read-only in this process; close that handle before writing")
     if _is_busy_error(error):
@@ -84,6 +86,16 @@ def check_format(f: h5py.File, expected_format: str) -> None:
         )
 
 
+def _checked(f: h5py.File, expected_format: str) -> h5py.File:
+    """``f`` if it is a pvrw file of ``expected_format``; otherwise it is closed and the error raised."""
+    try:
+        check_format(f, expected_format)
+    except Exception:
+        f.close()
+        raise
+    return f
+
+
 def open_for_reading(path: str | os.PathLike, expected_format: str, rdcc_nbytes: int = 64 << 20) -> h5py.File:
     """Open read-only in SWMR-read mode, which also works while a writer appends and after a writer was killed.
 
@@ -107,12 +119,7 @@ def open_for_reading(path: str | os.PathLike, expected_format: str, rdcc_nbytes:
                 time.sleep(0.05)
                 continue
             raise describe_open_error(path, error, expected_format) from None
-    try:
-        check_format(f, expected_format)
-    except Exception:
-        f.close()
-        raise
-    return f
+    return _checked(f, expected_format)
 
 
 def _create_empty(path: Path, expected_format: str, attrs: Mapping[str, Any]) -> None:
@@ -205,12 +212,7 @@ def open_for_writing(
                 recover(path, expected_format)
                 continue
             raise describe_open_error(path, error, expected_format) from None
-    try:
-        check_format(f, expected_format)
-    except Exception:
-        f.close()
-        raise
-    return f
+    return _checked(f, expected_format)
 
 
 def start_swmr(f: h5py.File) -> None:
