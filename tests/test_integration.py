@@ -20,7 +20,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from pvrw import DrM, DrMReplayBuffer, PVRObservation, VecPVRObservation, make_env, make_vec_env
+from pvrw import DrM, DrMReplayBuffer, PVRObservation, VecPVRObservation, make_env, make_vec_env, scripted_expert
 from pvrw.pvr_wrappers.registry import RandomWeightsWarning
 
 TASK = "metaworld/push-v3"
@@ -77,6 +77,31 @@ class RecordObservations(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class ExpertPredictor:
+    """``predict`` of Meta-World's scripted expert for the env under the wrappers (it reads the simulator state)."""
+
+    def __init__(self, env):
+        self.expert = scripted_expert(env)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        return self.expert()[None], None
+
+
+def evaluate_with_final_infos(model, env, n_eval_episodes):
+    """SB3's ``evaluate_policy`` (episode rewards and lengths) and the info dict of every episode's last step."""
+    infos = []
+
+    def at_episode_end(local_vars, _globals):
+        if local_vars["done"]:
+            infos.append(local_vars["info"])
+
+    rewards, lengths = evaluate_policy(
+        model, env, n_eval_episodes=n_eval_episodes, return_episode_rewards=True, callback=at_episode_end
+    )
+    assert len(infos) == n_eval_episodes
+    return rewards, lengths, infos
+
+
 def test_readme_snippet_in_a_fresh_process():
     """README order of imports in one new interpreter (lazy exports, GL backend before mujoco), registered name."""
     script = textwrap.dedent(
@@ -126,18 +151,15 @@ def test_mlp_policy_on_pvr_features_learn_save_load_evaluate(tmp_path, twin):
     assert loaded.replay_buffer.size() == buffer.size()
     assert np.array_equal(loaded.replay_buffer.frames, buffer.frames)
 
-    infos = []
-
-    def at_episode_end(local_vars, _globals):
-        if local_vars["done"]:
-            infos.append(local_vars["info"])
-
-    rewards, lengths = evaluate_policy(loaded, env, n_eval_episodes=2, return_episode_rewards=True, callback=at_episode_end)
+    rewards, lengths, infos = evaluate_with_final_infos(loaded, env, n_eval_episodes=2)
     assert lengths == [10, 10] and np.all(np.isfinite(rewards))
-    assert len(infos) == 2
     for info in infos:  # what SB3's EvalCallback / Monitor read: is_success, the any-step success
         assert info["is_success"] == info["success"] and isinstance(info["success"], (bool, np.bool_))
         assert "success_now" in info and info["TimeLimit.truncated"]
+    # a policy that does solve push-v3 (Meta-World's scripted expert, ~32 steps) is reported as a success
+    expert_env = feature_env(twin, steps=40)
+    _, _, expert_infos = evaluate_with_final_infos(ExpertPredictor(expert_env), expert_env, n_eval_episodes=1)
+    assert expert_infos[0]["is_success"] and expert_infos[0]["success"]
     loaded.learn(20, reset_num_timesteps=False)  # resumes from the saved counters
     assert loaded.num_timesteps == 68 and loaded._n_updates > model._n_updates
 
@@ -203,6 +225,25 @@ def test_two_sb3_envs_with_vec_pvr_observation(twin):
     assert not np.array_equal(buffer.frames[: stored[0], 0], buffer.frames[: stored[0], 1])
     actions, _ = model.predict(venv.reset(), deterministic=True)
     assert actions.shape == (2, 4)
+
+
+def test_feature_cache_under_drm(tmp_path, twin):
+    """PVRObservation(cache=...) feeding DrM: the features DrM stored come back from the file for a replayed episode."""
+    from pvrw import create_backbone
+
+    backbone = create_backbone(twin, weights="random", resolution=28)  # one backbone for both envs, as a run does
+    path = tmp_path / "features.h5"
+    env = PVRObservation(pixel_env(), backbone, cache=path)
+    model = DrM("MlpPolicy", env, seed=0, **FAST)  # seeds the env: the first episode starts from reset(seed=0)
+    model.learn(30)
+    first_obs = model.replay_buffer.observations[0, 0].copy()
+    env.close()  # writes the buffered rows
+
+    replay = PVRObservation(pixel_env(), backbone, cache=path)
+    obs, _ = replay.reset(seed=0)
+    assert replay.backbone.stats.misses == 0 and replay.backbone.stats.hits > 0
+    assert np.array_equal(obs, first_obs)
+    replay.close()
 
 
 def test_gymnasium_vector_env_is_refused_with_the_sb3_way():
