@@ -88,6 +88,8 @@ def test_resolution_and_option_errors():
         create_backbone("dinov2", weights="random", resolution=32)
     with pytest.raises(ValueError, match="multiple of 16"):
         create_backbone("vc1", weights="random", resolution=28)
+    with pytest.raises(ValueError, match=r"at 4x4: the side must be at least 8 \(e\.g\."):  # no "a multiple of 1"
+        create_backbone("resnet18", weights="random", resolution=4)
     with pytest.raises(ValueError, match="no option.*tokens=.*cls\\+registers"):
         create_backbone("dinov2_reg", weights="random", resolution=28, token="cls")
     with pytest.raises(ValueError, match="not one of"):

@@ -126,13 +126,17 @@ class BackboneCfg:
             resolved[key] = value
         return resolved
 
+    @property
+    def side_rule(self) -> str:
+        """The input sides this architecture allows, in words (``"a multiple of 14, at least 14"``)."""
+        multiple = f"a multiple of {self.resolution_multiple}, " if self.resolution_multiple > 1 else ""
+        return f"{multiple}at least {self.min_resolution}"
+
     def check_resolution(self, resolution: int) -> int:
         """Return ``resolution`` as an int, or raise a ValueError naming the sides this architecture allows."""
         if int(resolution) != resolution or resolution < self.min_resolution or resolution % self.resolution_multiple:
-            multiple = f"a multiple of {self.resolution_multiple} and " if self.resolution_multiple > 1 else ""
-            raise ValueError(
-                f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be {multiple}at least "
-                f"{self.min_resolution} (e.g. {self.study_resolutions}).")
+            raise ValueError(f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be "
+                             f"{self.side_rule} (e.g. {self.study_resolutions}).")
         return int(resolution)
 
 
