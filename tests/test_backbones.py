@@ -366,7 +366,7 @@ def test_wrong_files_refused(tv_resnet, tmp_path):
     with pytest.raises(WeightsFormatError, match="missing keys: layer4.1.bn2.weight"):
         create_backbone("resnet18", weights=tmp_path / "partial.pth", resolution=32)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsFormatError, match="Could not read"):
+    with pytest.raises(WeightsFormatError, match="Could not read .*damaged or not a weight file"):
         create_backbone("resnet18", weights=tmp_path / "junk.pth", resolution=32)
 
 
@@ -383,6 +383,10 @@ def test_missing_weights_error_lists_everything(tmp_path):
         assert needle in text, needle
     with pytest.raises(WeightsNotFoundError, match="at the given path"):
         create_backbone("resnet18", weights=tmp_path / "nope.pth")
+    with pytest.raises(TypeError, match="weights=True: pass None .*'random'.*path"):
+        create_backbone("resnet18", weights=True)
+    with pytest.raises(ValueError, match="weights='Random' is not a path.*weights='random'"):
+        create_backbone("resnet18", weights="Random")
     assert weights_status("dinov2")[0] is None and "Apache-2.0" in weights_status("dinov2")[1]
 
 

@@ -128,7 +128,13 @@ def find_weights(name: str, sources: WeightSources, explicit: str | os.PathLike 
     """
     looked: list[str] = []
     if explicit is not None:
+        if not isinstance(explicit, (str, os.PathLike)):
+            raise TypeError(f"weights={explicit!r}: pass None (offline lookup), 'random' (smoke tests only) or the "
+                            "path of a weight file or folder.")
         path = Path(explicit).expanduser()
+        if str(explicit).strip().lower() == "random" and not path.exists():
+            raise ValueError(f"weights={explicit!r} is not a path; for random weights (smoke tests only) write "
+                             "weights='random'.")
         if path.is_file() or is_transformers_folder(path):
             return path
         if path.is_dir():
@@ -220,7 +226,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - turn any unpickling failure into one clear message
             raise WeightsFormatError(
-                f"Could not read {path} as a tensor checkpoint (weights_only=True): {err}") from err
+                f"Could not read {path} as a tensor checkpoint: the file is damaged or not a weight file (download it "
+                f"again, or pass the right file). torch.load(weights_only=True) said: {err}") from err
     for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             meta["wrapper"] = key
