@@ -202,3 +202,18 @@ def test_missing_weights_are_one_line_that_says_what_to_do(tmp_path, monkeypatch
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert "No weights found for backbone 'dinov2'" in line and "pvrw download dinov2" in line
     assert "--weights PATH" in line and "Looked at" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["--tasks", "push-v3", "--pvr", "none,dino"], "pvr: unknown backbone 'dino'"),
+        (["--tasks", "push-v2", "--pvr", "none"], "--tasks push-v2: Meta-World has only -v3 tasks; use push-v3"),
+        (["--tasks", "psh-v3", "--pvr", "none"], "Close names: metaworld/push-v3"),
+        (["--tasks", "Pendulm-v1", "--pvr", "none"], "close names: Pendulum-v1"),
+    ],
+)
+def test_sweep_refuses_an_unknown_task_or_backbone_before_any_run(tmp_path, grid, message):
+    result = CliRunner().invoke(main, ["sweep", *grid, "--resolution", "64", "--seeds", "1", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not list(tmp_path.iterdir())  # nothing queued, nothing written

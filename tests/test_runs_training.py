@@ -67,6 +67,11 @@ def test_a_directory_refuses_a_config_that_trains_something_else(tmp_path):
     run_training(tiny_config(frames=40, eval_every=0, eval_episodes=1, video=False), tmp_path / "run")
     with pytest.raises(ConfigError, match="seed=0, not 1"):
         run_training(tiny_config(frames=40, seed=1), tmp_path / "run")
+    # a changed mapping entry is named by itself, not as two whole mappings
+    with pytest.raises(ConfigError, match=r"algo_kwargs\.batch_size=16, not 8; "):
+        run_training(tiny_config(frames=40, batch_size=8), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"algo_kwargs\.n_steps=unset, not 5; "):
+        run_training(tiny_config(frames=40, n_steps=5), tmp_path / "run")
 
 
 def _wait_for(predicate, timeout, proc):

@@ -8,15 +8,19 @@ them. ``ROOT/sweep.json`` lists every run with its status.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvrw.runs.config import METAWORLD_PREFIX, RunConfig, build_config
+import gymnasium as gym
+
+from pvrw.runs.config import METAWORLD_PREFIX, ConfigError, RunConfig, build_config
 from pvrw.runs.layout import RunDir, RunStatus, atomic_write_json
 
 #: the study's observation variants, what ``--pvr all`` expands to
@@ -62,12 +66,44 @@ def expand_grid(
 
     :param base: overrides applied to every run (frames, hyper-parameters, ...), as in a ``--config`` file.
     """
+    tasks, pvrs = list(tasks), list(pvrs)
+    check_grid_names(tasks, pvrs)
     runs = []
     for task, pvr, resolution, seed in itertools.product(tasks, pvrs, resolutions, seeds):
         cell = {"algo": algo, "env": task_env_id(task), "pvr": pvr, "resolution": int(resolution), "seed": int(seed)}
         config = build_config(base or {}, cell, preset=preset)
         runs.append(SweepRun(Path(root) / run_dir_name(config), config))
     return runs
+
+
+def check_grid_names(tasks: list[str], pvrs: list[str]) -> None:
+    """Refuse an unknown Meta-World task or backbone before any run starts (not hours into the queue)."""
+    from pvrw.pvr_wrappers.metaworld_env import parse_metaworld_id
+    from pvrw.runs.envs import check_backbone_name
+
+    for task in tasks:
+        env_id = task_env_id(task)
+        try:
+            if env_id.startswith(METAWORLD_PREFIX):
+                parse_metaworld_id(env_id)
+            elif ":" not in env_id and env_id not in gym.registry:  # "module:Id" registers itself when made
+                raise ValueError(_unknown_task_message(env_id))
+        except ValueError as err:
+            raise ConfigError(f"--tasks {task}: {err}") from None
+    for pvr in pvrs:
+        check_backbone_name(pvr)
+
+
+def _unknown_task_message(env_id: str) -> str:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    base = re.sub(r"-v\d+$", "", env_id)
+    if f"{base}-v3" in ALL_V3_ENVIRONMENTS:
+        return f"Meta-World has only -v3 tasks; use {base}-v3"
+    names = [*ALL_V3_ENVIRONMENTS, *gym.registry]
+    close = difflib.get_close_matches(env_id, names, n=3, cutoff=0.6)
+    hint = f"; close names: {', '.join(close)}" if close else ""
+    return f"neither a Meta-World task (e.g. push-v3) nor a registered Gymnasium id{hint}"
 
 
 def write_index(root: str | os.PathLike, runs: list[SweepRun]) -> Path:

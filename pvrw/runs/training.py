@@ -28,12 +28,22 @@ IDENTITY_KEYS: tuple[str, ...] = (
 
 def check_compatible(old: RunConfig, new: RunConfig, where: Path) -> None:
     """Refuse to continue a run directory with a config that trains something else."""
+
+    def shown(mapping: dict[str, Any], key: str) -> str:
+        return repr(mapping[key]) if key in mapping else "unset"
+
     for key in IDENTITY_KEYS:
-        if getattr(old, key) != getattr(new, key):
-            raise ConfigError(
-                f"{where} holds a run with {key}={getattr(old, key)!r}, not {getattr(new, key)!r}; "
-                "use another --out directory, or --resume it without changing that key"
-            )
+        before, after = getattr(old, key), getattr(new, key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):  # name the entry, not the whole mapping
+            sub = next(k for k in sorted({*before, *after}) if shown(before, k) != shown(after, k))
+            what = f"{key}.{sub}={shown(before, sub)}, not {shown(after, sub)}"
+        else:
+            what = f"{key}={before!r}, not {after!r}"
+        raise ConfigError(
+            f"{where} holds a run with {what}; use another --out directory, or --resume it without changing that key"
+        )
 
 
 def _import_object(spec: str) -> Any:
