@@ -257,8 +257,9 @@ def test_gymnasium_vector_env_is_refused_with_the_sb3_way():
 
 def test_sb3_sac_on_pvr_features_unchanged(twin):
     env = feature_env(twin)
-    model = SAC("MlpPolicy", env, learning_starts=10, batch_size=8, buffer_size=100, seed=0,
-                policy_kwargs=dict(net_arch=[16]))
+    model = SAC(
+        "MlpPolicy", env, learning_starts=10, batch_size=8, buffer_size=100, seed=0, policy_kwargs=dict(net_arch=[16])
+    )
     model.learn(24)
     assert model._n_updates > 0
     assert model.replay_buffer.observations.shape[1:] == (1, 3, 3840)
