@@ -142,6 +142,9 @@ def test_errors_name_the_problem(resnet32):
         PVRObservation(Vector(), resnet32)
     with pytest.raises(ValueError, match="render_mode='rgb_array'"):
         PVRObservation(Vector(), resnet32, source="render")
+    with pytest.raises(ValueError, match="no uint8 RGB frames. The vectorised wrappers read frames from observations "
+                                         "only.*PVRObservation\\(env, ..., source='render'\\) before vectorising"):
+        VectorPVRObservation(gym.vector.SyncVectorEnv([Vector]), resnet32)
     with pytest.raises(ValueError, match="Unknown backbone 'dino'.*Known backbones"):
         PVRObservation(PixelEnv(), "dino", weights="random")
     with pytest.raises(ValueError, match="multiple of 14.*resolution="):
@@ -170,6 +173,17 @@ def test_augment_shifts_and_reembeds(resnet32):
     frames = np.arange(2 * 3 * 8 * 8, dtype=np.uint8).reshape(2, 3, 8, 8)
     shifts = {random_shift(frames, 2, np.random.default_rng(s)).tobytes() for s in range(10)}
     assert len(shifts) > 1 and all(len(b) == frames.nbytes for b in shifts)
+
+
+def test_sb3_vec_augment_follows_the_seed(resnet32):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    def first_obs(seed):
+        vec = VecPVRObservation(DummyVecEnv([PixelEnv, PixelEnv]), resnet32, augment=True)
+        vec.seed(seed)
+        return vec.reset()
+
+    np.testing.assert_array_equal(first_obs(3), first_obs(3))
 
 
 def test_gymnasium_env_checker(resnet32):

@@ -65,16 +65,25 @@ class FrameLayout:
         return np.ascontiguousarray(out)
 
 
-def rgb_layout(space: gym.Space, channels_first: bool | None = None) -> FrameLayout:
-    """The :class:`FrameLayout` of an observation space, or a ValueError saying why it holds no RGB frames."""
+_RENDER_FIX = ("Use source='render' with an env made with render_mode='rgb_array', or give the env a pixel observation "
+               "(e.g. make_env).")
+_VECTOR_FIX = ("The vectorised wrappers read frames from observations only: give the sub-envs pixel observations (e.g. "
+               "make_env / make_vec_env), or wrap each sub-env in PVRObservation(env, ..., source='render') before "
+               "vectorising.")
+
+
+def rgb_layout(space: gym.Space, channels_first: bool | None = None, vectorised: bool = False) -> FrameLayout:
+    """The :class:`FrameLayout` of an observation space, or a ValueError saying why it holds no RGB frames.
+
+    :param vectorised: the space of a vectorised wrapper's sub-env (no ``source='render'`` there: the fix differs).
+    """
+    fix = _VECTOR_FIX if vectorised else _RENDER_FIX
     if not isinstance(space, spaces.Box) or space.dtype != np.uint8:
-        raise ValueError(f"observation space {space} holds no uint8 RGB frames. Use source='render' with an env made "
-                         "with render_mode='rgb_array', or give the env a pixel observation (e.g. make_env).")
+        raise ValueError(f"observation space {space} holds no uint8 RGB frames. {fix}")
     try:
         return FrameLayout(space.shape, channels_first)
     except ValueError as err:
-        raise ValueError(f"observation space {space}: {err} Use source='render' for envs whose observation is not "
-                         "the image.") from err
+        raise ValueError(f"observation space {space}: {err} {fix}") from err
 
 
 def _digest(frame: np.ndarray) -> bytes:

@@ -183,7 +183,7 @@ def _vec_setup(wrapper: _PVRWrapperMixin, space: gym.Space, backbone: Any, n_env
                batch_size: int, **kwargs: Any) -> spaces.Box:
     """The vectorised wrappers' setup (their sub-env observation ``space``); returns the per-env feature space."""
     _check_augment(augment, cache)
-    wrapper.layout = rgb_layout(space, channels_first)
+    wrapper.layout = rgb_layout(space, channels_first, vectorised=True)
     resolved = resolve_backbone(backbone, (wrapper.layout.height, wrapper.layout.width), cache=cache, **kwargs)
     return wrapper._init_features(resolved, wrapper.layout.k, n_envs, augment, augment_pad, output_dtype, batch_size)
 
@@ -205,6 +205,12 @@ class VecPVRObservation(_PVRWrapperMixin, VecEnvWrapper):
                            augment_pad, cache, output_dtype, batch_size, weights=weights, resolution=resolution,
                            device=device, dtype=dtype, tokens=tokens, **backbone_options)
         super().__init__(venv, observation_space=space)
+
+    def seed(self, seed: int | None = None):
+        """Seed the sub-envs (SB3 ``VecEnv.seed``) and, with ``augment=True``, the random shift."""
+        if seed is not None:
+            self._aug_rng = np.random.default_rng(seed)
+        return self.venv.seed(seed)
 
     def _embed(self, items: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         return [f.astype(self.output_dtype, copy=False) for f in self.embedder(items)]
