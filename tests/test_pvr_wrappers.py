@@ -157,6 +157,20 @@ def test_errors_name_the_problem(resnet32):
         env.observation(np.zeros((9, 32, 32), np.float32))
 
 
+def test_render_source_with_two_mujoco_envs_in_one_process(resnet32):
+    def make(env_id):
+        env = gym.make(env_id, render_mode="rgb_array", width=32, height=32)
+        return PVRObservation(env, resnet32, source="render")
+
+    pendulum, reacher = make("InvertedPendulum-v5"), make("Reacher-v5")
+    first, _ = pendulum.reset(seed=0)
+    other, _ = reacher.reset(seed=0)
+    assert np.abs(first - other).max() > 1e-3  # two different scenes
+    np.testing.assert_allclose(pendulum.observation(None), first, atol=1e-5)  # its own scene, not the last drawn
+    pendulum.close()
+    reacher.close()
+
+
 def test_resolution_resizes_frames(resnet32):
     env = PVRObservation(PixelEnv(size=48), "resnet18", weights="random", resolution=32)
     assert env.backbone.resolution == 32 and env.observation_space.shape == (3, 128, 4, 4)

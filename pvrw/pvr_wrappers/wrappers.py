@@ -151,12 +151,11 @@ class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
                                                      batch_size)
 
     def _render_frames(self) -> np.ndarray:
-        frame = self.env.render()
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or 3 not in (
-                frame.shape[0], frame.shape[-1]):
-            raise ValueError(f"env.render() returned {type(frame).__name__} "
-                             f"{getattr(frame, 'dtype', '')} {getattr(frame, 'shape', '')}, not a uint8 RGB image.")
-        return FrameLayout(frame.shape).frames(frame)
+        # render_frame makes this env's own GL context current first: with several MuJoCo envs in one process a
+        # plain env.render() draws with whichever context was made current last (wrong or black frames).
+        from pvrw.pvr_wrappers.env_wrappers import render_frame  # imports mujoco: only for source="render"
+
+        return np.ascontiguousarray(render_frame(self.env).transpose(2, 0, 1)[None])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
