@@ -217,3 +217,15 @@ def test_sweep_refuses_an_unknown_task_or_backbone_before_any_run(tmp_path, grid
     result = CliRunner().invoke(main, ["sweep", *grid, "--resolution", "64", "--seeds", "1", "--root", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not list(tmp_path.iterdir())  # nothing queued, nothing written
+
+
+def test_sweep_dry_run_says_what_each_run_will_do_and_reads_the_algo_from_the_config(tmp_path):
+    config = tmp_path / "sac.yaml"
+    config.write_text("algo: sac\nframes: 40\n")
+    args = ["sweep", "--tasks", ENV, "--pvr", "none", "--resolution", "36", "--seeds", "1", "--config", str(config),
+            "--root", str(tmp_path / "root"), "--dry-run"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if "seed_0" in line]
+    assert line.split()[:3] == ["start", "pending", "0/40"] and "sac_none_36" in line
+    assert "td3_none_36" in invoke(*args, "--algo", "td3").output  # the option wins over the file

@@ -71,4 +71,44 @@ def config_layers(
 
 
 ALGO_CHOICE = click.Choice(sorted(ALGOS))
-PRESET_CHOICE = click.Choice(sorted(PRESETS))
+
+
+def config_options(note: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The config-layering options of ``train`` and ``sweep``: ``--set``, ``--config``, ``--preset``.
+
+    :param note: a sentence appended to each help text (e.g. that the sweep applies them to every run).
+    """
+    suffix = f" {note}" if note else ""
+    options = [
+        click.option(
+            "--set",
+            "set_items",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override any config key or algorithm argument (repeatable), e.g. --set n_steps=10 "
+            "--set stddev_schedule='linear(1.0,0.1,500000)' --set policy_kwargs.hidden_dim=256 "
+            "--set env_kwargs.camera=corner2. Values are YAML. Unknown keys are errors." + suffix,
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="YAML file of config keys (as in a run's config.yaml); options and --set override it." + suffix,
+        ),
+        click.option(
+            "--preset",
+            type=click.Choice(sorted(PRESETS)),
+            default=None,
+            help="Named settings under the config file: 'study' (the defaults) or 'smoke' (a CPU-minutes run at 64 "
+            "px with a small budget, batch and buffer: it checks the pipeline end to end, it does NOT learn the "
+            "task)." + suffix,
+        ),
+    ]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate

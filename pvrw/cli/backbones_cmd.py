@@ -7,11 +7,20 @@ import click
 
 @click.command()
 @click.argument("filter", required=False, default="")
-@click.option("--resolution", "-r", type=int, multiple=True, help="Sides to show output shapes for (default: the "
-              "study's 112 and 224). Repeatable.")
-@click.option("--verbose", "-v", is_flag=True, help="Show options, weight sources and, for missing weights, every "
-              "place looked at.")
-def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None:  # noqa: A002
+@click.option(
+    "--resolution",
+    "-r",
+    type=int,
+    multiple=True,
+    help="Sides to show output shapes for (default: the study's 112 and 224). Repeatable.",
+)
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Show options, weight sources and, for missing weights, every place looked at.",
+)
+def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None:
     """List registered backbones, their output shapes, normalisation, licence and weight status.
 
     FILTER is a substring or a wildcard pattern (e.g. 'dino*'). Weights are looked up offline in $PVRW_WEIGHTS_DIR,
@@ -44,8 +53,10 @@ def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None: 
                 click.echo(f"  option   {option}={'|'.join(map(str, values))}: {cfg.option_doc.get(option, '')}")
             if problem and cfg.requires_weights:
                 click.echo("  " + problem.replace("\n", "\n  "))
-    click.echo("Missing weights: `pvrw download NAME` on a machine with network, or copy the file into "
-               "$PVRW_WEIGHTS_DIR (`pvrw backbones -v` shows where each was looked for).")
+    click.echo(
+        "Missing weights: `pvrw download NAME` on a machine with network, or copy the file into "
+        "$PVRW_WEIGHTS_DIR (`pvrw backbones -v` shows where each was looked for)."
+    )
 
 
 @click.command()

@@ -111,7 +111,7 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
                 out,
                 seed=seed,
                 progress=True,
-                attrs=dict(env_id=env_id, policy=policy, resolution=resolution, action_repeat=action_repeat),
+                attrs={"env_id": env_id, "policy": policy, "resolution": resolution, "action_repeat": action_repeat},
             )
         finally:
             env.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pvrw.cli._common import ALGO_CHOICE, PRESET_CHOICE, config_layers, user_errors
+from pvrw.cli._common import ALGO_CHOICE, config_layers, config_options, user_errors
 
 
 def _split(value: str) -> list[str]:
@@ -29,15 +29,11 @@ def _ints(name: str, value: str) -> list[int]:
 @click.option("--resolution", "resolutions", default="112,224", show_default=True, help="Comma-separated resolutions.")
 @click.option("--seeds", default="5", show_default=True,
               help="Number of seeds (0..N-1), or a comma-separated list of seeds (e.g. '3,4').")  # fmt: skip
-@click.option("--algo", type=ALGO_CHOICE, default="drm", show_default=True, help="Algorithm of every run.")
+@click.option("--algo", type=ALGO_CHOICE, default=None, help="Algorithm of every run. [default: --config's, else drm]")
 @click.option("--frames", type=int, default=None, help="Budget of every run in frames. [default: the study's]")
 @click.option("--weights", default=None, help="Backbone weights for every PVR run ('random': smoke tests only).")
 @click.option("--device", default=None, help="Torch device of every run. [default: auto]")
-@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key or algorithm argument in every run (repeatable; see `pvrw train --help`).")  # fmt: skip
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML config applied to every run (grid keys are set per run).")  # fmt: skip
-@click.option("--preset", type=PRESET_CHOICE, default=None, help="Named settings for every run (see `pvrw train`).")
+@config_options("Applies to every run; the grid keys (task, pvr, resolution, seed) are set per run.")
 @click.option("--root", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
               help="Directory of the sweep: ROOT/<task>/<algo>_<pvr>_<res>/seed_<n>, and ROOT/sweep.json.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="List the runs and their status; train nothing.")
@@ -60,7 +56,7 @@ def sweep(
     pvrs: str,
     resolutions: str,
     seeds: str,
-    algo: str,
+    algo: str | None,
     config_file: str | None,
     preset: str | None,
     set_items: tuple[str, ...],
@@ -110,9 +106,14 @@ def sweep(
     if not runs:
         raise click.UsageError("the grid is empty: give at least one task, pvr, resolution and seed")
     if dry_run:
+        click.echo(f"{'next':<7} {'state':<9} {'frames':>21}  run directory")
         for run in runs:
             status = RunStatus.read(RunDir(run.run_dir))
-            click.echo(f"{status.state:<9} {status.frames:>10,}/{run.config.frames:<10,} {run.run_dir}")
+            if status.finished and status.frames >= run.config.frames:
+                action = "skip"
+            else:
+                action = "resume" if status.frames else "start"  # frames: those of its last checkpoint
+            click.echo(f"{action:<7} {status.state:<9} {status.frames:>10,}/{run.config.frames:<10,} {run.run_dir}")
         if Path(root).is_dir():
             write_index(root, runs)
         click.echo(f"{len(runs)} runs")

@@ -7,14 +7,10 @@ from typing import Any
 
 import click
 
-from pvrw.cli._common import ALGO_CHOICE, PRESET_CHOICE, config_layers, user_errors
+from pvrw.cli._common import ALGO_CHOICE, config_layers, config_options, user_errors
 from pvrw.runs.config import RunConfig, build_config, load_config
 
 _D = RunConfig()  # the study's defaults, quoted in the help
-
-
-def _hyper(name: str, key: str, type_: Any, help_: str):
-    return click.option(name, key, type=type_, default=None, help=help_)
 
 
 @click.command("train", context_settings={"show_default": False})
@@ -69,40 +65,16 @@ def _hyper(name: str, key: str, type_: Any, help_: str):
     help=f"Save model + replay buffer every N frames (0: at the end only). [default: {_D.checkpoint_every:,}]",
 )
 @click.option("--video/--no-video", default=None, help="Record the first episode of each evaluation. [default: video]")
-@_hyper("--variant", "variant", click.Choice(["drm", "drm_mw"]), "DrM variant: the original agent (drm, the study's) "
-        "or the Meta-World rewrite (drm_mw), each with its reference hyper-parameters. [default: drm]")  # fmt: skip
-@_hyper("--batch-size", "batch_size", int, "Minibatch size. [default: the algorithm's; DrM 256]")
-@_hyper("--learning-rate", "learning_rate", float, "Learning rate. [default: the algorithm's; DrM 1e-4]")
-@_hyper("--buffer-size", "buffer_size", int, "Replay buffer capacity in transitions. [default: 1,000,000]")
-@_hyper(
-    "--learning-starts",
-    "learning_starts",
-    int,
-    "Agent steps before the first update. [default: the algorithm's; DrM 2000]",
-)
-@click.option(
-    "--set",
-    "set_items",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override any config key or algorithm argument (repeatable), e.g. --set n_steps=10 "
-    "--set stddev_schedule='linear(1.0,0.1,500000)' --set policy_kwargs.hidden_dim=256 "
-    "--set env_kwargs.camera=corner2. Values are YAML. Unknown keys are errors.",
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="YAML file of config keys (as in a run's config.yaml); options and --set override it.",
-)
-@click.option(
-    "--preset",
-    type=PRESET_CHOICE,
-    default=None,
-    help="Named settings under the config file: 'study' (the defaults) or 'smoke' (a CPU-minutes run at 64 px with "
-    "a small budget, batch and buffer: it checks the pipeline end to end, it does NOT learn the task).",
-)
+# algorithm arguments with an option of their own (the rest through --set); they go into algo_kwargs
+@click.option("--variant", type=click.Choice(["drm", "drm_mw"]), default=None, help="DrM variant: the original agent "
+              "(drm, the study's) or the Meta-World rewrite (drm_mw), each with its reference hyper-parameters. "
+              "[default: drm]")  # fmt: skip
+@click.option("--batch-size", type=int, default=None, help="Minibatch size. [default: the algorithm's; DrM 256]")
+@click.option("--learning-rate", type=float, default=None, help="Learning rate. [default: the algorithm's; DrM 1e-4]")
+@click.option("--buffer-size", type=int, default=None, help="Replay buffer capacity (transitions). [default: 1,000,000]")
+@click.option("--learning-starts", type=int, default=None, help="Agent steps before the first update. [default: the "
+              "algorithm's; DrM 2000]")  # fmt: skip
+@config_options()
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -125,11 +97,6 @@ def train(
     out: str | None,
     resume: str | None,
     progress: bool,
-    variant: str | None,
-    batch_size: int | None,
-    learning_rate: float | None,
-    buffer_size: int | None,
-    learning_starts: int | None,
     **options: Any,
 ) -> None:
     """Train an agent on pixels or on frozen pretrained features, writing a run directory.
@@ -145,14 +112,6 @@ def train(
       pvrw train --preset smoke --out runs/smoke          # a few CPU minutes, end to end
       pvrw train --resume runs/smoke --frames 6000        # continue (or extend) a run
     """
-    hyper = {
-        "variant": variant,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "buffer_size": buffer_size,
-        "learning_starts": learning_starts,
-    }
-    options.update({k: v for k, v in hyper.items() if v is not None})
     layers, names = config_layers(config_file, options, set_items)
     if resume:
         run_dir = Path(resume)

@@ -58,19 +58,22 @@ def expand_grid(
     pvrs: Iterable[str],
     resolutions: Iterable[int],
     seeds: Iterable[int],
-    algo: str = "drm",
+    algo: str | None = None,
     base: dict[str, Any] | None = None,
     preset: str | None = None,
 ) -> list[SweepRun]:
     """Every (task, pvr, resolution, seed) run of the grid, each with its resolved config.
 
+    :param algo: the algorithm of every run; ``None``: ``base``'s, else DrM.
     :param base: overrides applied to every run (frames, hyper-parameters, ...), as in a ``--config`` file.
     """
     tasks, pvrs = list(tasks), list(pvrs)
     check_grid_names(tasks, pvrs)
     runs = []
     for task, pvr, resolution, seed in itertools.product(tasks, pvrs, resolutions, seeds):
-        cell = {"algo": algo, "env": task_env_id(task), "pvr": pvr, "resolution": int(resolution), "seed": int(seed)}
+        cell = {"env": task_env_id(task), "pvr": pvr, "resolution": int(resolution), "seed": int(seed)}
+        if algo is not None:
+            cell["algo"] = algo
         config = build_config(base or {}, cell, preset=preset)
         runs.append(SweepRun(Path(root) / run_dir_name(config), config))
     return runs
