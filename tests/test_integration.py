@@ -251,6 +251,9 @@ def test_gymnasium_vector_env_is_refused_with_the_sb3_way():
     try:
         with pytest.raises(TypeError, match="DummyVecEnv"):
             DrM("CnnPolicy", venv, **FAST)
+        model = DrM("CnnPolicy", pixel_env(steps=5), **FAST)
+        with pytest.raises(TypeError, match="VecPVRObservation"):  # set_env and load take the same path
+            model.set_env(venv)
     finally:
         venv.close()
 
