@@ -118,10 +118,12 @@ def test_random_backbone_contract(name):
     assert not forward.requires_grad
     np.testing.assert_allclose(forward.numpy(), out, rtol=1e-4, atol=1e-4)
     assert f"{side}x{side}" in bb.preprocessing and bb.cfg.normalisation in bb.preprocessing
-    with pytest.raises(TypeError, match="uint8"):
+    with pytest.raises(TypeError, match="uint8 RGB frames.*scaling and normalisation happen inside the backbone"):
         bb.embed(x.astype(np.float32))
     with pytest.raises(ValueError, match=r"\(N,3,H,W\)"):
         bb.embed(x[:, :2])
+    with pytest.raises(ValueError, match=r"For one frame pass frames\[None\]"):
+        bb.embed(x[0])
 
 
 def test_random_weights_warn_loudly():

@@ -291,10 +291,13 @@ class FrozenBackbone(nn.Module):
         """uint8 frames ``(N,3,H,W)`` or ``(N,H,W,3)`` -> float32 features ``(N,*output_shape)``."""
         frames = np.asarray(frames)
         if frames.dtype != np.uint8:
-            raise TypeError(f"{self.name}.embed: expected uint8 frames, got {frames.dtype}.")
+            raise TypeError(f"{self.name}.embed: expected uint8 RGB frames (0-255), got {frames.dtype}. Pass the raw "
+                            "frames; scaling and normalisation happen inside the backbone.")
         if frames.ndim != 4 or 3 not in (frames.shape[1], frames.shape[-1]):
+            one_frame = frames.ndim == 3 and 3 in (frames.shape[0], frames.shape[-1])
+            single = " For one frame pass frames[None]." if one_frame else ""
             raise ValueError(f"{self.name}.embed: expected (N,3,H,W) or (N,H,W,3) uint8 frames, got shape "
-                             f"{frames.shape}.")
+                             f"{frames.shape}.{single}")
         channels_last = frames.shape[1] != 3
         out = np.empty((len(frames), *self.output_shape), dtype=np.float32)
         with torch.inference_mode():
