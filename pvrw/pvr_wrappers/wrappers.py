@@ -92,6 +92,15 @@ class _PVRWrapperMixin:
         self.embedder = StackEmbedder(backbone, n_slots, reuse=not augment, batch_size=batch_size)
         return feature_space(backbone, k, self.output_dtype)
 
+    def _init_vectorised(self, space: gym.Space, backbone: Any, n_envs: int, channels_first: bool | None,
+                         augment: bool, augment_pad: int, cache: Any, output_dtype: Any, batch_size: int,
+                         **kwargs: Any) -> spaces.Box:
+        """Setup of the vectorised wrappers (``space``: one sub-env's observations); returns the per-env space."""
+        _check_augment(augment, cache)
+        self.layout = rgb_layout(space, channels_first, vectorised=True)
+        resolved = resolve_backbone(backbone, (self.layout.height, self.layout.width), cache=cache, **kwargs)
+        return self._init_features(resolved, self.layout.k, n_envs, augment, augment_pad, output_dtype, batch_size)
+
     def _shift(self, frames: np.ndarray) -> np.ndarray:
         return random_shift(frames, self.augment_pad, self._aug_rng) if self.augment else frames
 
@@ -177,16 +186,6 @@ def flush_feature_cache(backbone: Any) -> None:
         flush()
 
 
-def _vec_setup(wrapper: _PVRWrapperMixin, space: gym.Space, backbone: Any, n_envs: int,
-               channels_first: bool | None, augment: bool, augment_pad: int, cache: Any, output_dtype: Any,
-               batch_size: int, **kwargs: Any) -> spaces.Box:
-    """The vectorised wrappers' setup (their sub-env observation ``space``); returns the per-env feature space."""
-    _check_augment(augment, cache)
-    wrapper.layout = rgb_layout(space, channels_first, vectorised=True)
-    resolved = resolve_backbone(backbone, (wrapper.layout.height, wrapper.layout.width), cache=cache, **kwargs)
-    return wrapper._init_features(resolved, wrapper.layout.k, n_envs, augment, augment_pad, output_dtype, batch_size)
-
-
 class VecPVRObservation(_PVRWrapperMixin, VecEnvWrapper):
     """SB3 ``VecEnvWrapper``: frozen features for every sub-env, all new frames in one backbone call per step.
 
@@ -200,9 +199,10 @@ class VecPVRObservation(_PVRWrapperMixin, VecEnvWrapper):
                  dtype: torch.dtype = torch.float32, cache: Any = None, tokens: str | None = None,
                  augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
                  channels_first: bool | None = None, batch_size: int = 64, **backbone_options: Any) -> None:
-        space = _vec_setup(self, venv.observation_space, backbone, venv.num_envs, channels_first, augment,
-                           augment_pad, cache, output_dtype, batch_size, weights=weights, resolution=resolution,
-                           device=device, dtype=dtype, tokens=tokens, **backbone_options)
+        space = self._init_vectorised(
+            venv.observation_space, backbone, venv.num_envs, channels_first, augment, augment_pad, cache, output_dtype,
+            batch_size, weights=weights, resolution=resolution, device=device, dtype=dtype, tokens=tokens,
+            **backbone_options)
         super().__init__(venv, observation_space=space)
 
     def seed(self, seed: int | None = None):
@@ -251,9 +251,10 @@ class VectorPVRObservation(_PVRWrapperMixin, gym.vector.VectorWrapper):
                  augment: bool = False, augment_pad: int = 4, output_dtype: Any = np.float32,
                  channels_first: bool | None = None, batch_size: int = 64, **backbone_options: Any) -> None:
         super().__init__(env)
-        space = _vec_setup(self, env.single_observation_space, backbone, env.num_envs, channels_first, augment,
-                           augment_pad, cache, output_dtype, batch_size, weights=weights, resolution=resolution,
-                           device=device, dtype=dtype, tokens=tokens, **backbone_options)
+        space = self._init_vectorised(
+            env.single_observation_space, backbone, env.num_envs, channels_first, augment, augment_pad, cache,
+            output_dtype, batch_size, weights=weights, resolution=resolution, device=device, dtype=dtype,
+            tokens=tokens, **backbone_options)
         self.single_observation_space = space
         self.observation_space = gym.vector.utils.batch_space(space, env.num_envs)
 
