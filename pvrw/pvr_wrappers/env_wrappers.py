@@ -164,7 +164,8 @@ def make_gym_pixel_base(env_id: str, resolution: int, camera: str | None, render
             f"{env_id!r} is neither a Meta-World id ('metaworld/<task>-v3') nor a registered Gymnasium id: {exc}"
         ) from exc
     except TypeError as exc:
-        raise ValueError(f"Could not make {env_id!r} with {sorted(kwargs)} (camera= needs a MuJoCo env): {exc}") from exc
+        raise ValueError(
+            f"Could not make {env_id!r} with {sorted(kwargs)} (camera= needs a MuJoCo env): {exc}") from exc
     model = getattr(env.unwrapped, "model", None)
     if isinstance(model, mujoco.MjModel):
         apply_render_quality(model, render_quality)

@@ -279,7 +279,9 @@ def make_env(
     resolution = _check_resolution(resolution)
     check_choice("render_quality", render_quality, RENDER_QUALITIES)
     if max_episode_steps is not None and (
-        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
+        isinstance(max_episode_steps, bool)
+        or not isinstance(max_episode_steps, (int, np.integer))
+        or max_episode_steps < 1
     ):
         raise ValueError(f"max_episode_steps must be a positive integer or None, got {max_episode_steps!r}.")
     for name, value in (("frame_stack", frame_stack), ("action_repeat", action_repeat)):
