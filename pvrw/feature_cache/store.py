@@ -113,7 +113,8 @@ class FeatureSpec:
             raise FeatureSetMismatchError(
                 f"{where} was written by another backbone configuration; refusing to mix features ("
                 + "; ".join(diffs)
-                + "). Use another file or another set name."
+                + "). Use another file, or another set name in this one (CachedBackbone(backbone, path,"
+                " set_name=...), which the PVR wrappers accept as their backbone)."
             )
 
 
