@@ -201,7 +201,7 @@ def test_without_retries_a_killed_run_is_failed_then_resumed_by_rerunning(ray_se
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
-    from pvrw.runs import ray_backend
+    from pvrw.runs import ray_backend, ray_extract
 
     real_import = builtins.__import__
 
@@ -216,7 +216,7 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ray_backend.RayNotInstalledError, match=r'pip install "pvrw\[ray\]"'):
         ray_backend.run_ray(grid(tmp_path), tmp_path)
     with pytest.raises(ImportError, match=r'pip install "pvrw\[ray\]"'):
-        ray_backend.extract_features_ray(tmp_path / "frames.h5", [], tmp_path / "out.h5")
+        ray_extract.extract_features_ray(tmp_path / "frames.h5", [], tmp_path / "out.h5")
     assert not (tmp_path / "sweep.json").exists()  # nothing written before the error
 
 
@@ -240,7 +240,7 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
     from pvrw.feature_cache.recording import EpisodeWriter
     from pvrw.feature_cache.store import FeatureStore
     from pvrw.pvr_wrappers.registry import create_backbone, register_backbone
-    from pvrw.runs.ray_backend import extract_features_ray
+    from pvrw.runs.ray_extract import extract_features_ray
 
     rng = np.random.default_rng(0)
     with EpisodeWriter(tmp_path / "episodes.h5", (3, 16, 16), 2) as writer:
@@ -326,3 +326,16 @@ def test_cli_sweep_on_ray_trains_then_skips(ray_session, tmp_path):
     (tmp_path / "sweep/Pendulum-v1/td3_none_64/seed_5/status.json").unlink()  # ... so make the run unfinished
     too_big = CliRunner().invoke(main, [*args, "--cpus-per-run", "64"])
     assert too_big.exit_code == 1 and "no Ray node has that much" in too_big.output, too_big.output
+
+
+def test_a_request_no_node_can_hold_is_refused_naming_the_options_to_lower():
+    from types import SimpleNamespace
+
+    from pvrw.runs.ray_backend import RayResourceError, check_resources
+
+    cluster = SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    check_resources(cluster, 2, 0, "each run")  # fits
+    with pytest.raises(RayResourceError, match=r"\(2 CPU/0 GPU\); lower --cpus-per-run/--gpus-per-run"):
+        check_resources(cluster, 1, 1, "each run")
+    with pytest.raises(RayResourceError, match="each extraction worker .* lower --gpus-per-worker or"):
+        check_resources(cluster, 1, 0.5, "each extraction worker", fix="--gpus-per-worker")

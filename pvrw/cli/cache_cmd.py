@@ -206,7 +206,8 @@ def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compr
         options = {"batch_size": batch_size, "dtype": dtype, "progress": True,
                    "compression": None if compression == "none" else compression}  # fmt: skip
         if backend == "ray":
-            from pvrw.runs.ray_backend import RayNotInstalledError, extract_features_ray
+            from pvrw.runs.ray_backend import RayNotInstalledError
+            from pvrw.runs.ray_extract import extract_features_ray
 
             try:
                 report = extract_features_ray(frames_path, backbones, out, address=address, num_workers=workers,

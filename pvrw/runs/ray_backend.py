@@ -1,4 +1,4 @@
-"""The Ray backend of ``pvrw sweep`` and ``pvrw extract``: the same runs and feature files, on a Ray cluster.
+"""The Ray backend of ``pvrw sweep`` (and the Ray set-up ``pvrw extract`` shares): the same runs, on a Ray cluster.
 
 **Sweeps.** Every unfinished run of the grid becomes one Ray Tune trial whose function calls
 :func:`~pvrw.runs.training.run_training` on the run's directory under the user's sweep root, exactly as the local
@@ -11,11 +11,7 @@ runs and resumes the others, whichever backend ran them before.
 On a multi-node cluster the sweep root must be on a filesystem every node sees (NFS or similar), because a trial
 restarted on another node must find its checkpoints; a trial that cannot see the root fails with that advice.
 
-**Extraction.** :func:`extract_features_ray` runs the cache's own
-:func:`~pvrw.feature_cache.extraction.extract_features` (single writer, resumable, one consistent HDF5 file) with a
-backbone whose ``embed`` splits each chunk of frames over a pool of Ray actors, each holding one replica of the
-backbone (on a GPU when asked). Workers only compute; the driver reads frames, hashes them and appends the features
-in order.
+**Extraction** over Ray workers (``pvrw extract --backend ray``) lives in :mod:`pvrw.runs.ray_extract`.
 
 Ray is optional (``pip install "pvrw[ray]"``); it is imported only when this backend is used.
 """
@@ -93,8 +89,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     return True
 
 
-def _check_resources(ray: Any, cpus: float, gpus: float, what: str) -> None:
-    """Refuse a request no node of the cluster can ever satisfy (Tune would otherwise wait forever)."""
+def check_resources(ray: Any, cpus: float, gpus: float, what: str, fix: str = "--cpus-per-run/--gpus-per-run") -> None:
+    """Refuse a request no node of the cluster can ever satisfy (Tune would otherwise wait forever).
+
+    :param what: who asks (for the message), e.g. "each run".
+    :param fix: the options that set the request, which the message tells the user to lower.
+    """
     if cpus < 0 or gpus < 0 or cpus + gpus <= 0:
         raise RayResourceError(f"{what}: cpus={cpus}, gpus={gpus}; give a positive number of CPUs or GPUs")
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -102,7 +102,7 @@ def _check_resources(ray: Any, cpus: float, gpus: float, what: str) -> None:
         have = ", ".join(f"{r.get('CPU', 0):g} CPU/{r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
         raise RayResourceError(
             f"{what} asks for {cpus:g} CPU and {gpus:g} GPU, but no Ray node has that much ({have}); "
-            "lower --cpus-per-run/--gpus-per-run or add bigger nodes"
+            f"lower {fix} or add bigger nodes"
         )
 
 
@@ -203,7 +203,7 @@ def run_ray(
 
     started = init_ray(address, num_cpus=num_cpus)
     try:
-        _check_resources(ray, cpus_per_run, gpus_per_run, "each run")
+        check_resources(ray, cpus_per_run, gpus_per_run, "each run")
         threads = int(cpus_per_run) if float(cpus_per_run).is_integer() and cpus_per_run >= 1 else 0
         specs = {
             _trial_key(run, root): {
@@ -303,127 +303,3 @@ def _make_event_callback_class() -> type:
 
 def _EventCallback(runs: dict[str, SweepRun], notify: Callable[[SweepRun, str], None]) -> Any:
     return _make_event_callback_class()(runs, notify)
-
-
-# ------------------------------------------------------------------------------------------------ extraction
-
-
-class _EmbedWorker:
-    """A Ray actor holding one backbone replica at a time; it only computes, the driver writes."""
-
-    def __init__(self, device: str, threads: int):
-        import pvrw  # noqa: F401
-
-        self.device, self.backbone = device, None
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-
-    def load(self, backbone: Any) -> str:
-        self.backbone = backbone.to(self.device)
-        return str(self.backbone.device)
-
-    def embed(self, frames: Any, batch_size: int) -> Any:
-        import warnings
-
-        with warnings.catch_warnings():  # Ray hands over arrays read-only (zero-copy); the backbone only reads them
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return self.backbone.embed(frames, batch_size=batch_size)
-
-
-class _WorkerPool:
-    """``num_workers`` embedding actors; :meth:`embed` splits a chunk of frames over them and keeps their order."""
-
-    def __init__(self, ray: Any, num_workers: int, cpus: float, gpus: float, device: str):
-        threads = int(cpus) if float(cpus).is_integer() and cpus >= 1 else 0
-        actor = ray.remote(num_cpus=cpus, num_gpus=gpus)(_EmbedWorker)
-        self.ray, self.loaded = ray, None
-        self.actors = [actor.remote(device, threads) for _ in range(num_workers)]
-
-    def embed(self, backbone: Any, frames: Any, batch_size: int) -> Any:
-        import numpy as np
-
-        if self.loaded is not backbone:  # one backbone at a time: extract_features goes backbone by backbone
-            replica = self.ray.put(backbone)
-            self.ray.get([a.load.remote(replica) for a in self.actors])
-            self.loaded = backbone
-        pieces = [p for p in np.array_split(frames, len(self.actors)) if len(p)]
-        refs = [a.embed.remote(p, batch_size) for a, p in zip(self.actors, pieces)]
-        return np.concatenate(self.ray.get(refs))
-
-    def close(self) -> None:
-        for a in self.actors:
-            self.ray.kill(a)
-
-
-class _RayBackbone:
-    """The driver's backbone (its name, fingerprint, preprocessing... for the feature file) computing on the pool."""
-
-    def __init__(self, backbone: Any, pool: _WorkerPool, batch_size: int):
-        self._backbone, self._pool, self._batch_size = backbone, pool, batch_size
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._backbone, name)
-
-    def embed(self, frames: Any, batch_size: int = 64) -> Any:
-        # ``batch_size`` here is the whole chunk; each worker runs its piece in batches of the user's size
-        return self._pool.embed(self._backbone, frames, self._batch_size)
-
-
-def extract_features_ray(
-    frames_path: str | os.PathLike,
-    backbones: list[Any],
-    out: str | os.PathLike,
-    *,
-    batch_size: int = 64,
-    address: str | None = None,
-    num_workers: int | None = None,
-    cpus_per_worker: float = 1,
-    gpus_per_worker: float = 0,
-    **extract_kwargs: Any,
-) -> dict[str, dict[str, int]]:
-    """:func:`~pvrw.feature_cache.extraction.extract_features` with the backbone forward passes fanned out over Ray.
-
-    The driver reads the frames, hashes them and appends the features (one writer: the file stays consistent and
-    an interrupted extraction resumes); each chunk of ``batch_size x num_workers`` frames is split into one piece
-    per worker, computed in parallel by the workers' backbone replicas and appended in frame order. Replicas are
-    copies of the driver's backbones (sent from CPU), so every worker computes with the exact same weights.
-
-    :param batch_size: frames per forward pass on each worker.
-    :param address: as in :func:`run_ray`.
-    :param num_workers: embedding actors (default: as many as the cluster's free CPUs or GPUs allow).
-    :param cpus_per_worker: CPUs per actor (its torch thread count when a whole number).
-    :param gpus_per_worker: GPUs per actor; > 0 runs the replicas on CUDA.
-    :param extract_kwargs: the other arguments of ``extract_features`` (``dtype``, ``progress``, ``max_frames``...).
-    :return: as ``extract_features``.
-    """
-    ray = import_ray()
-    from pvrw.feature_cache.extraction import extract_features
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    backbones = [b.to("cpu") if hasattr(b, "to") else b for b in backbones]
-    started = init_ray(address)
-    pool = None
-    try:
-        _check_resources(ray, cpus_per_worker, gpus_per_worker, "each extraction worker")
-        if num_workers is None:
-            free = ray.available_resources()
-            fits = free.get("GPU", 0) // gpus_per_worker if gpus_per_worker else free.get("CPU", 0) // cpus_per_worker
-            num_workers = max(1, int(fits))
-        if num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        pool = _WorkerPool(ray, num_workers, cpus_per_worker, gpus_per_worker, "cuda" if gpus_per_worker else "cpu")
-        return extract_features(
-            frames_path,
-            [_RayBackbone(b, pool, batch_size) for b in backbones],
-            out,
-            batch_size=batch_size * num_workers,
-            **extract_kwargs,
-        )
-    finally:
-        if pool is not None:
-            pool.close()
-        if started:
-            ray.shutdown()
