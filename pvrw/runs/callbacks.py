@@ -140,6 +140,18 @@ class RunCallback(BaseCallback):
             self._bar = None
 
     # -- the three jobs -------------------------------------------------------------------------------------
+    def _write_row(self, kind: str, **fields: Any) -> None:
+        """One ``metrics.csv`` row at the current step; the step, time and dormant-ratio columns are filled in."""
+        self.writer.write(
+            kind=kind,
+            frames=self.frames,
+            steps=self.model.num_timesteps,
+            episode=self.episodes,
+            wall_time=round(self.wall_time, 3),
+            dormant_ratio=dormant_ratio(self.model),
+            **fields,
+        )
+
     def _log_episode(self, info: dict[str, Any]) -> None:
         self.episodes += 1
         episode = info.get("episode", {})
@@ -147,17 +159,12 @@ class RunCallback(BaseCallback):
         final = info.get("success_now", success)
         self._last_reward = episode.get("r")
         self._last_success = success
-        self.writer.write(
-            kind="train",
-            frames=self.frames,
-            steps=self.model.num_timesteps,
-            episode=self.episodes,
-            wall_time=round(self.wall_time, 3),
+        self._write_row(
+            "train",
             reward=None if episode.get("r") is None else float(episode["r"]),
             length=episode.get("l"),
             success=None if success is None else float(success),
             success_final=None if final is None else float(final),
-            dormant_ratio=dormant_ratio(self.model),
         )
         self._refresh_bar()
 
@@ -167,19 +174,13 @@ class RunCallback(BaseCallback):
             return self.last_eval
         video_path = self.run_dir.videos / f"eval_{self.frames:010d}.mp4" if self.video else None
         result = evaluate(self.model, self.eval_env, self.eval_episodes, video_path=video_path, seed=self.eval_seed)
-        dormant = dormant_ratio(self.model)
-        self.writer.write(
-            kind="eval",
-            frames=self.frames,
-            steps=self.model.num_timesteps,
-            episode=self.episodes,
-            wall_time=round(self.wall_time, 3),
+        self._write_row(
+            "eval",
             reward=result.reward,
             reward_std=result.reward_std,
             length=result.length,
             success=result.success,
             success_final=result.success_final,
-            dormant_ratio=dormant,
             episodes=result.episodes,
         )
         self.logger.record("eval/mean_reward", result.reward)

@@ -165,6 +165,11 @@ class RunConfig:
 _RUN_OWNED_ARGS = {"self", "policy", "env", "seed", "device", "tensorboard_log", "verbose", "_init_setup_model"}
 
 
+def _class_name(algo: str) -> str:
+    """``drm`` -> ``DrM``: the class an ``--algo`` name stands for, for messages (no import)."""
+    return ALGOS[algo].split(":")[1]
+
+
 def load_algo_class(algo: str) -> type:
     """Import the algorithm class behind an ``--algo`` name."""
     if algo not in ALGOS:
@@ -191,7 +196,7 @@ def check_algo_kwargs(algo_kwargs: dict[str, Any], algo: str) -> None:
         close = difflib.get_close_matches(bad[0], valid, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(
-            f"algo_kwargs.{bad[0]}: not an argument of {ALGOS[algo].split(':')[1]}{hint}; "
+            f"algo_kwargs.{bad[0]}: not an argument of {_class_name(algo)}{hint}; "
             f"valid keys: {', '.join(sorted(valid))}"
         )
 
@@ -249,7 +254,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], algo: str) 
         elif tail:
             raise ConfigError(
                 f"{key}: dotted keys go into env_kwargs, pvr_kwargs, algo_kwargs or a mapping argument of "
-                f"{ALGOS[algo].split(':')[1]} (e.g. policy_kwargs.hidden_dim)"
+                f"{_class_name(algo)} (e.g. policy_kwargs.hidden_dim)"
             )
         elif key in TOP_LEVEL_KEYS:
             if key.endswith("_kwargs"):
@@ -265,7 +270,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], algo: str) 
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(
                 f"{key}: unknown config key{hint}; use a run key ({', '.join(TOP_LEVEL_KEYS)}) "
-                f"or an argument of {ALGOS[algo].split(':')[1]} ({', '.join(sorted(algo_parameters(algo)))})"
+                f"or an argument of {_class_name(algo)} ({', '.join(sorted(algo_parameters(algo)))})"
             )
     check_algo_kwargs(data["algo_kwargs"], algo)  # here, so that the error names the layer that set the key
     return data
