@@ -121,7 +121,8 @@ class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
         :class:`~pvrw.pvr_wrappers.registry.FrozenBackbone`.
     :param weights: for a name: ``None`` (offline lookup), a path, or ``"random"`` (smoke tests only).
     :param resolution: side the backbone sees; None uses the frame size (if the architecture allows it).
-    :param device: torch device. :param dtype: backbone compute dtype (``torch.float32``, ``torch.bfloat16``, ``"float16"``...).
+    :param device: torch device.
+    :param dtype: backbone compute dtype (``torch.float32``, ``torch.bfloat16``, ``"float16"``...).
     :param cache: a feature-cache path: the backbone is wrapped in ``pvrw.feature_cache.CachedBackbone``.
     :param source: ``"observation"`` (default) or ``"render"``.
     :param tokens: ``"cls"`` or ``"cls+registers"`` for ``dinov2_reg``.
