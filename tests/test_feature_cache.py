@@ -294,6 +294,11 @@ def test_cache_hits_skip_the_backbone(tmp_path):
         assert {h.tobytes() for h in fs.hashes()} == {h.tobytes() for h in hash_frames(frames)}
 
 
+def test_read_only_cache_on_a_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.h5 does not exist and write=False.*pass write=True"):
+        CachedBackbone(StandIn(), tmp_path / "missing.h5", write=False)
+
+
 def test_cache_refuses_other_weights_and_rounds_consistently(tmp_path):
     path = tmp_path / "cache.h5"
     with CachedBackbone(tiny_backbone(seed=0), path, dtype="float16") as cached:

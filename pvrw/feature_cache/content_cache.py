@@ -164,7 +164,8 @@ class CachedBackbone:
                 logger.warning("%s; feature cache %s is used read-only (new features are not saved)", error, self.path)
                 self.writable = False
         if not os.path.exists(self.path):
-            raise FileNotFoundError(f"feature cache {self.path} does not exist and write=False")
+            raise FileNotFoundError(f"feature cache {self.path} does not exist and write=False (lookups only): check "
+                                    "the path, or pass write=True to create it")
         try:
             return FeatureStore(self.path, "r")
         except FileBusyError as error:
