@@ -7,7 +7,8 @@ import pytest
 import test_runs_tinyenv  # noqa: F401  (registers the tiny envs)
 from click.testing import CliRunner
 
-from pvrw.cli import main
+from pvrw import __version__
+from pvrw.cli import COMMANDS, main
 from pvrw.runs.layout import RunStatus
 from pvrw.runs.metrics import read_metrics
 
@@ -16,20 +17,45 @@ TINY = [
     "--env", ENV, "--threads", "1", "--learning-starts", "30", "--batch-size", "16", "--buffer-size", "300",
     "--set", "policy_kwargs={hidden_dim: 32, feature_dim: 16}", "--no-progress",
 ]  # fmt: skip
-RUN_COMMANDS = ("train", "eval", "plot", "sweep", "params", "bench")
 
 
 def invoke(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-@pytest.mark.parametrize("name", RUN_COMMANDS)
-def test_every_option_is_documented(name):
-    result = invoke(name, "--help")
+def _all_commands():
+    """(path, command) for every command and sub-command of ``pvrw``."""
+    found = []
+
+    def walk(group, path):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            found.append(((*path, name), command))
+            if isinstance(command, click.Group):
+                walk(command, (*path, name))
+
+    walk(main, ())
+    return found
+
+
+@pytest.mark.parametrize(
+    ("path", "command"), _all_commands(), ids=lambda x: " ".join(x) if isinstance(x, tuple) else ""
+)
+def test_every_option_is_documented(path, command):
+    result = invoke(*path, "--help")
     assert result.exit_code == 0, result.output
-    command = main.get_command(click.Context(main), name)
     undocumented = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
-    assert not undocumented, f"{name}: options without help: {undocumented}"
+    assert not undocumented, f"{path}: options without help: {undocumented}"
+    # the command lists show a whole sentence, not one cut off with "..."
+    assert not command.get_short_help_str(limit=60).endswith("..."), command.get_short_help_str(limit=60)
+
+
+def test_version_and_the_main_help():
+    assert invoke("--version").output.strip() == f"pvrw, version {__version__}"
+    text = invoke("--help").output
+    assert set(COMMANDS) <= {line.split()[0] for line in text.split("Commands:")[1].splitlines() if line.strip()}
+    assert "pvrw train --preset smoke" in text
 
 
 def test_train_eval_plot(tmp_path):
@@ -158,7 +184,7 @@ def test_config_errors_are_one_line_and_suggest_the_key(tmp_path):
     broken.write_text("frames: [\n")
     result = CliRunner().invoke(main, ["train", "--config", str(broken)])
     assert result.exit_code == 2 and "is not valid YAML at line 2" in result.output
-    error_lines = [line for line in result.output.splitlines() if line.startswith("Error") or line.startswith("  ")]
+    error_lines = [line for line in result.output.splitlines() if line.startswith(("Error", "  "))]
     assert len(error_lines) == 1, result.output
     typo = tmp_path / "typo.yaml"
     typo.write_text("batchsize: 3\n")

@@ -48,4 +48,15 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pvrw")
 def main() -> None:
-    """pvrw: train RL agents on pixels or on frozen pretrained visual representations, and compare them."""
+    """pvrw: train RL agents on pixels or on frozen pretrained visual representations, and compare them.
+
+    \b
+    A session:
+      pvrw backbones                              # which weights are found
+      pvrw train --preset smoke --out runs/smoke  # CPU minutes, end to end
+      pvrw eval runs/smoke --episodes 10 --video
+      pvrw plot runs/smoke -o smoke.png
+      pvrw sweep --pvr all --seeds 5              # the study's grid
+
+    Every command explains itself: pvrw COMMAND --help.
+    """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(short_help="List backbones, their output shapes and weights.")
 @click.argument("filter", required=False, default="")
 @click.option(
     "--resolution",
@@ -59,7 +59,7 @@ def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None:
     )
 
 
-@click.command()
+@click.command(short_help="Download backbone weights (needs network).")
 @click.argument("names", nargs=-1, required=True)
 def download(names: tuple[str, ...]) -> None:
     """Download the weights of backbone NAMES into the Hugging Face (or torch hub) cache.

@@ -28,7 +28,9 @@ def summary(path: Path) -> str:
     return " ".join(doc.strip().split("\n\n")[0].split()) if doc else ""
 
 
-@click.command("bench", context_settings={"ignore_unknown_options": True})
+@click.command(
+    "bench", short_help="List or run the benchmark scripts.", context_settings={"ignore_unknown_options": True}
+)
 @click.argument("names", nargs=-1)
 @click.option("--all", "run_all", is_flag=True, help="Run every benchmark, one after another.")
 @click.option("--list", "list_only", is_flag=True, help="List the benchmarks and exit (also what no NAME does).")

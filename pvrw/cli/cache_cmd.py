@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import click
 
+from pvrw.cli._common import missing_weights_line
+
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
@@ -20,6 +22,8 @@ def _user_errors() -> Iterator[None]:
         raise
     except (FeatureCacheError, ValueError, OSError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        if type(error).__name__ == "WeightsNotFoundError":  # its full text lists every place looked at
+            message = missing_weights_line(str(error))
         raise click.ClickException(str(message)) from None
 
 
@@ -39,7 +43,7 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
     return weights
 
 
-@click.command()
+@click.command(short_help="Record policy episodes to an HDF5 dataset.")
 @click.option("--env", "env_id", required=True, help="Environment id, e.g. metaworld/push-v3 (see pvrw.make_env).")
 @click.option(
     "--policy",
@@ -134,7 +138,7 @@ def _algorithm_class(name: str) -> type:
     raise click.BadParameter(f"unknown algorithm {name!r}", param_hint="--algo")
 
 
-@click.command()
+@click.command(short_help="Extract features of recorded frames.")
 @click.option("--pvr", required=True, help="Backbone name(s), comma-separated (see `pvrw backbones`).")
 @click.option(
     "--frames",
@@ -224,12 +228,12 @@ def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compr
         )
 
 
-@click.group()
+@click.group(short_help="Inspect and repair pvrw HDF5 files.")
 def cache() -> None:
     """Inspect and repair pvrw HDF5 files (feature files and episode datasets)."""
 
 
-@cache.command()
+@cache.command(short_help="Show what a pvrw HDF5 file holds.")
 @click.argument("file", type=click.Path(dir_okay=False))
 def info(file):
     """Show what FILE holds: feature sets with their backbone, weights and sizes, or recorded episodes."""
@@ -293,7 +297,7 @@ def _info_episodes(path: str) -> None:
             )
 
 
-@cache.command()
+@cache.command(short_help="Recover a file whose writer was killed.")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 def repair(file):
     """Recover FILE after its writer was killed: keeps every committed row and makes it writable again."""

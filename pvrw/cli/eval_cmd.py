@@ -10,7 +10,7 @@ import click
 from pvrw.cli._common import user_errors
 
 
-@click.command("eval")
+@click.command("eval", short_help="Evaluate a run's latest checkpoint.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--episodes", type=click.IntRange(min=1), default=10, show_default=True, help="Evaluation episodes.")
 @click.option(

@@ -90,7 +90,7 @@ def _env_action_dim(env_id: str) -> int:
         env.close()
 
 
-@click.command("params")
+@click.command("params", short_help="Trainable parameters and replay memory.")
 @click.option("--resolution", "resolutions", default="112,224", show_default=True, help="Comma-separated resolutions.")
 @click.option("--frame-stack", type=click.IntRange(min=1), default=3, show_default=True, help="Frames per observation.")
 @click.option("--action-dim", type=click.IntRange(min=1), default=None,

@@ -25,7 +25,7 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
     return runs
 
 
-@click.command("plot")
+@click.command("plot", short_help="Learning curves, mean +- std over seeds.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="plot.png", show_default=True,
               help="Figure file (.png, .pdf, .svg).")  # fmt: skip

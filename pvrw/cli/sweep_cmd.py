@@ -21,7 +21,7 @@ def _ints(name: str, value: str) -> list[int]:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
 
 
-@click.command("sweep")
+@click.command("sweep", short_help="Run a grid of runs, skipping finished ones.")
 @click.option("--tasks", default="push-v3,drawer-open-v3", show_default=True,
               help="Comma-separated tasks (Meta-World names, or full env ids).")  # fmt: skip
 @click.option("--pvr", "pvrs", default="all", show_default=True,

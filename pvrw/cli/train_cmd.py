@@ -13,7 +13,7 @@ from pvrw.runs.config import RunConfig, build_config, load_config
 _D = RunConfig()  # the study's defaults, quoted in the help
 
 
-@click.command("train", context_settings={"show_default": False})
+@click.command("train", short_help="Train an agent into a run directory.", context_settings={"show_default": False})
 @click.option("--algo", type=ALGO_CHOICE, default=None, help=f"Algorithm: DrM or SB3's SAC/TD3. [default: {_D.algo}]")
 @click.option(
     "--env",
@@ -71,7 +71,9 @@ _D = RunConfig()  # the study's defaults, quoted in the help
               "[default: drm]")  # fmt: skip
 @click.option("--batch-size", type=int, default=None, help="Minibatch size. [default: the algorithm's; DrM 256]")
 @click.option("--learning-rate", type=float, default=None, help="Learning rate. [default: the algorithm's; DrM 1e-4]")
-@click.option("--buffer-size", type=int, default=None, help="Replay buffer capacity (transitions). [default: 1,000,000]")
+@click.option(
+    "--buffer-size", type=int, default=None, help="Replay buffer capacity (transitions). [default: 1,000,000]"
+)
 @click.option("--learning-starts", type=int, default=None, help="Agent steps before the first update. [default: the "
               "algorithm's; DrM 2000]")  # fmt: skip
 @config_options()
