@@ -141,6 +141,7 @@ def test_bench_lists_and_runs_scripts(tmp_path):
         (["train", "--resume", "/nonexistent/run"], "not a run directory"),
         (["eval", "/nonexistent/run"], "not a run directory"),
         (["plot", "/nonexistent/run"], "does not exist"),
+        (["plot", ".", "--out", "fig.txt"], "matplotlib cannot write .txt figures; use .png, .pdf or .svg"),
         (["sweep", "--seeds", "x"], "comma-separated integers"),
     ],
 )

@@ -25,6 +25,19 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
     return runs
 
 
+def _check_format(out: str) -> None:
+    """Refuse a figure file matplotlib cannot write, before any run is read."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(out).suffix.lstrip(".").lower() or "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in supported:
+        raise click.BadParameter(
+            f"matplotlib cannot write .{suffix} figures; use .png, .pdf or .svg (or {', '.join(sorted(supported))})",
+            param_hint="--out",
+        )
+
+
 @click.command("plot", short_help="Learning curves, mean +- std over seeds.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default="plot.png", show_default=True,
@@ -40,6 +53,7 @@ def plot(run_dirs: tuple[str, ...], out: str, title: str | None) -> None:
     """
     from pvrw.runs.plotting import group_runs, load_run, plot_runs
 
+    _check_format(out)
     runs = _expand(run_dirs)
     path = plot_runs(runs, out, title=title)
     groups = group_runs([load_run(r) for r in runs])
