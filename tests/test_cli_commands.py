@@ -256,3 +256,17 @@ def test_sweep_dry_run_says_what_each_run_will_do_and_reads_the_algo_from_the_co
     (line,) = [line for line in result.output.splitlines() if "seed_0" in line]
     assert line.split()[:3] == ["start", "pending", "0/40"] and "sac_none_36" in line
     assert "td3_none_36" in invoke(*args, "--algo", "td3").output  # the option wins over the file
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
+    import pvrw.runs.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pvrw.runs.training, "run_training", interrupted)
+    result = CliRunner().invoke(main, ["train", *TINY, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130 and f"pvrw train --resume {tmp_path / 'run'}" in result.output
+    result = CliRunner().invoke(main, ["sweep", "--tasks", ENV, "--pvr", "none", "--resolution", "36", "--seeds", "1",
+                                       "--root", str(tmp_path / "sweep")])  # fmt: skip
+    assert result.exit_code == 130 and "run the same command again" in result.output

@@ -140,7 +140,11 @@ def sweep(
     elif address is not None or gpus_per_run:
         raise click.UsageError("--address and --gpus-per-run need --backend ray")
     else:
-        counts = run_local(runs, root, progress=progress, stop_on_error=not keep_going, on_run=report)
+        try:
+            counts = run_local(runs, root, progress=progress, stop_on_error=not keep_going, on_run=report)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to skip finished runs and resume the others", err=True)
+            raise SystemExit(130) from None
     click.echo(
         f"{len(runs)} runs: {counts['skipped']} already finished, {counts['finished']} finished now, "
         f"{counts['failed']} failed; index: {Path(root) / 'sweep.json'}"

@@ -139,7 +139,11 @@ def train(
     _announce(config, run_dir, resumed=bool(resume))
     from pvrw.runs.training import run_training
 
-    status = run_training(config, run_dir, progress=progress)
+    try:
+        status = run_training(config, run_dir, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; continue from the last checkpoint with: pvrw train --resume {run_dir}", err=True)
+        raise SystemExit(130) from None
     click.echo(f"finished {status.frames:,} frames in {status.wall_time:.0f} s of training -> {run_dir}")
     _summary(run_dir)
 

@@ -135,6 +135,10 @@ class RunCallback(BaseCallback):
             self._next_checkpoint = self._next_multiple(self.frames, self.checkpoint_every)
 
     def _on_training_end(self) -> None:
+        self.close_progress()
+
+    def close_progress(self) -> None:
+        """Close the progress bar (SB3 skips ``_on_training_end`` when ``learn`` raises, e.g. on Ctrl-C)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None

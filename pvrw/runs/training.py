@@ -129,7 +129,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         import torch
 
         torch.set_num_threads(config.threads)
-    env = eval_env = writer = None
+    env = eval_env = writer = callback = None
     try:
         backbone = make_backbone(config)
         env = Monitor(make_run_env(config, backbone=backbone))
@@ -192,6 +192,8 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         status.write(rd)
         raise
     finally:
+        if callback is not None:
+            callback.close_progress()  # before the caller reports the error, so the bar is not left on its line
         if writer is not None:
             writer.close()
         for e in (env, eval_env):
