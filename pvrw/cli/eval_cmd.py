@@ -47,7 +47,9 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
         config.device = device
     info = latest_checkpoint(rd)
     if info is None:
-        raise click.ClickException(f"{run_dir} has no checkpoint yet (checkpoints/latest.json); train it first")
+        raise click.ClickException(
+            f"{run_dir} has no checkpoint yet (checkpoints/latest.json); train it: pvrw train --resume {run_dir}"
+        )
     env = make_run_env(config, evaluation=True, record_frames=video, backbone=make_backbone(config))
     try:
         model = load_algo_class(config.algo).load(
@@ -78,6 +80,6 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
     click.echo(f"  episode reward           {result.reward:10.2f} +- {result.reward_std:.2f}")
     click.echo(f"  success (any step)       {pct(result.success):>10}")
     click.echo(f"  success (final step)     {pct(result.success_final):>10}")
-    click.echo(f"  episode length           {result.length:10.1f}")
+    click.echo(f"  episode length           {result.length:10.1f} agent steps")
     if video_path is not None and Path(video_path).is_file():
         click.echo(f"  video: {video_path}")

@@ -71,7 +71,7 @@ def sweep(
     max_failures: int,
     **options: Any,
 ) -> None:
-    """Run a grid of tasks x observation variants x resolutions x seeds, one run after another on this machine.
+    """Run a grid of tasks x observation variants x resolutions x seeds: a queue here, or Ray Tune trials.
 
     Each cell is an ordinary run directory (so `pvrw plot ROOT` and `pvrw eval` work on it). Finished runs are
     skipped and unfinished ones resume from their last checkpoint, so re-running the same command after a crash
@@ -80,6 +80,13 @@ def sweep(
     With --backend ray every unfinished run is a Ray Tune trial, on a local Ray instance or on the cluster at
     --address (ROOT must then be on a filesystem all nodes share); a trial whose worker dies is restarted and
     resumes from its last checkpoint.
+
+    \b
+    Examples:
+      pvrw sweep --dry-run                                   # the study's 100 runs and their status
+      pvrw sweep --tasks push-v3 --pvr none,resnet18 --resolution 112 --seeds 3 --frames 100000
+      pvrw sweep --preset smoke --pvr none --seeds 2 --root runs/smoke_sweep   # CPU minutes per run
+      pvrw sweep --backend ray --address auto --gpus-per-run 0.5             # on a Ray cluster
     """
     from pvrw.runs.layout import RunDir, RunStatus
     from pvrw.runs.sweep import STUDY_PVRS, expand_grid, run_local, write_index

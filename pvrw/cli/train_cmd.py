@@ -32,7 +32,8 @@ _D = RunConfig()  # the study's defaults, quoted in the help
     "--frames",
     type=int,
     default=None,
-    help=f"Budget in environment frames = agent steps x action repeat. [default: {_D.frames:,}]",
+    help=f"Budget in environment frames = agent steps x action repeat (rounded up to a whole agent step). "
+    f"[default: {_D.frames:,}]",
 )
 @click.option(
     "--frame-stack", type=int, default=None, help=f"Stacked frames per observation. [default: {_D.frame_stack}]"
