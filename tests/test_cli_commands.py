@@ -143,6 +143,7 @@ def test_bench_lists_and_runs_scripts(tmp_path):
         (["plot", "/nonexistent/run"], "does not exist"),
         (["plot", ".", "--out", "fig.txt"], "matplotlib cannot write .txt figures; use .png, .pdf or .svg"),
         (["sweep", "--seeds", "x"], "comma-separated integers"),
+        (["sweep", "--set", "resolution=84"], "--set resolution: a grid key, set per run; give it as --resolution"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(args, message):

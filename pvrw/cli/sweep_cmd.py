@@ -97,6 +97,9 @@ def sweep(
     if not seed_list:
         raise click.BadParameter("no seeds", param_hint="--seeds")
     layers, _ = config_layers(config_file, options, set_items)
+    grid_options = {"env": "--tasks", "pvr": "--pvr", "resolution": "--resolution", "seed": "--seeds"}
+    for key in grid_options.keys() & layers[-1].keys():  # --set would be silently replaced by the grid's value
+        raise click.UsageError(f"--set {key}: a grid key, set per run; give it as {grid_options[key]}")
     base: dict[str, Any] = {}
     for layer in layers:
         base.update(layer)
