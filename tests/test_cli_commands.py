@@ -271,3 +271,13 @@ def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["sweep", "--tasks", ENV, "--pvr", "none", "--resolution", "36", "--seeds", "1",
                                        "--root", str(tmp_path / "sweep")])  # fmt: skip
     assert result.exit_code == 130 and "run the same command again" in result.output
+
+
+def test_plot_skips_runs_without_metrics_and_refuses_when_none_has_any(tmp_path):
+    from pvrw.runs.config import build_config, save_config
+
+    empty = tmp_path / "empty"
+    save_config(build_config({"env": ENV}), empty / "config.yaml")  # a run killed before its first episode
+    result = CliRunner().invoke(main, ["plot", str(empty), "--out", str(tmp_path / "fig.png")])
+    assert result.exit_code == 1 and "no run has metrics yet" in result.output
+    assert not (tmp_path / "fig.png").exists()

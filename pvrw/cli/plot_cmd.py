@@ -54,9 +54,14 @@ def plot(run_dirs: tuple[str, ...], out: str, title: str | None) -> None:
     from pvrw.runs.plotting import group_runs, load_run, plot_runs
 
     _check_format(out)
-    runs = _expand(run_dirs)
-    path = plot_runs(runs, out, title=title)
-    groups = group_runs([load_run(r) for r in runs])
+    loaded = [load_run(r) for r in _expand(run_dirs)]
+    runs = [r for r in loaded if r.rows]
+    for empty in (r for r in loaded if not r.rows):
+        click.echo(f"skipped (no metrics yet): {empty.root}", err=True)
+    if not runs:
+        raise click.ClickException("no run has metrics yet (metrics.csv has no episode); train them first")
+    path = plot_runs([r.root for r in runs], out, title=title)
+    groups = group_runs(runs)
     click.echo(f"{len(runs)} runs, {len(groups)} lines -> {path}")
     for g in groups:
         click.echo(f"  {g.env:<28} {g.label:<30} seeds: {sorted(r.config.seed for r in g.runs)}")
