@@ -81,6 +81,8 @@ def test_train_eval_plot(tmp_path):
     result = invoke("plot", str(run), "--out", str(tmp_path / "fig.png"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and "1 runs, 1 lines" in result.output
+    # the same run named twice (directly and through its parent) is one run, not two seeds
+    assert "1 runs, 1 lines" in invoke("plot", str(run), str(tmp_path), "--out", str(tmp_path / "fig.png")).output
 
     # --resume with a larger budget continues the run in place
     result = invoke("train", "--resume", str(run), "--frames", "120", "--no-progress")

@@ -22,7 +22,8 @@ def _expand(paths: tuple[str, ...]) -> list[Path]:
             runs.extend(found)
         else:
             raise click.UsageError(f"{p} does not exist")
-    return runs
+    unique = {r.resolve(): r for r in reversed(runs)}  # a run given twice (or inside a given root) counts once
+    return [r for r in runs if unique.get(r.resolve()) is r]
 
 
 def _check_format(out: str) -> None:
