@@ -39,12 +39,12 @@ def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None:
             try:
                 shapes.append(f"{side}: {cfg.output_shape(cfg.check_resolution(side), **cfg.resolve_options())}")
             except ValueError:
-                shapes.append(f"{side}: not allowed (multiple of {cfg.resolution_multiple})")
+                shapes.append(f"{side}: not allowed (side must be {cfg.side_rule})")
         path, problem = weights_status(name)
         status = f"found: {path}" if path else ("own weights" if not cfg.requires_weights else "MISSING")
         click.echo(f"{name:<12} {cfg.description}")
         click.echo(f"  output   {'; '.join(shapes)}")
-        click.echo(f"  input    {cfg.normalisation}, side multiple of {cfg.resolution_multiple}")
+        click.echo(f"  input    {cfg.normalisation}, side {cfg.side_rule}")
         click.echo(f"  licence  {cfg.weights.licence} ({cfg.weights.size})")
         click.echo(f"  weights  {status}")
         if verbose:
