@@ -200,9 +200,9 @@ def test_without_retries_a_killed_run_is_failed_then_resumed_by_rerunning(ray_se
     check_resumed_run(runs[0].run_dir, killed)
 
 
-def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
-    from pvrw.runs import ray_backend, ray_extract
-
+@pytest.fixture
+def without_ray(monkeypatch):
+    """Make ``import ray`` fail as it does where Ray is not installed."""
     real_import = builtins.__import__
 
     def no_ray(name, *args, **kwargs):
@@ -213,6 +213,11 @@ def test_missing_ray_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     for key in [k for k in sys.modules if k == "ray" or k.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, key)
+
+
+def test_missing_ray_is_a_clear_error(without_ray, tmp_path):
+    from pvrw.runs import ray_backend, ray_extract
+
     with pytest.raises(ray_backend.RayNotInstalledError, match=r'pip install "pvrw\[ray\]"'):
         ray_backend.run_ray(grid(tmp_path), tmp_path)
     with pytest.raises(ImportError, match=r'pip install "pvrw\[ray\]"'):
@@ -278,21 +283,11 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
         assert np.abs(a.read_range(0, 66)).sum() > 0
 
 
-def test_cli_missing_ray_is_a_one_line_error(monkeypatch, tmp_path):
+def test_cli_missing_ray_is_a_one_line_error(without_ray, tmp_path):
     from click.testing import CliRunner
 
     from pvrw.cli import main
 
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray" or name.startswith("ray."):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
-    for key in [k for k in sys.modules if k == "ray" or k.startswith("ray.")]:
-        monkeypatch.delitem(sys.modules, key)
     args = ["sweep", "--tasks", "Pendulum-v1", "--pvr", "none", "--resolution", "64", "--seeds", "1", "--algo", "td3"]
     result = CliRunner().invoke(main, [*args, "--root", str(tmp_path), "--backend", "ray"])
     assert result.exit_code == 1, result.output
