@@ -7,6 +7,8 @@ make_env's (3*frame_stack, H, W); ``info`` carries make_env's ``success`` (any s
 
 from __future__ import annotations
 
+import os
+import time
 from typing import ClassVar
 
 import gymnasium as gym
@@ -78,3 +80,20 @@ class TinyState(TinyPixels):
 
 if "TinyState-v0" not in gym.registry:
     gym.register("TinyState-v0", entry_point=TinyState)
+
+
+class GatedState(TinyState):
+    """:class:`TinyState` that waits at its first step until the file ``gate`` exists (holds a run mid-training)."""
+
+    def __init__(self, gate: str, max_steps: int = 20, render_mode: str | None = "rgb_array"):
+        super().__init__(max_steps=max_steps, render_mode=render_mode)
+        self.gate = gate
+
+    def step(self, action):
+        while not os.path.exists(self.gate):
+            time.sleep(0.02)
+        return super().step(action)
+
+
+if "GatedState-v0" not in gym.registry:
+    gym.register("GatedState-v0", entry_point=GatedState)

@@ -85,8 +85,8 @@ def both_backends(ray_session, tmp_path_factory):
 def test_ray_grid_completes_with_the_layout_of_local_runs(both_backends, tmp_path):
     tmp = tmp_path
     local_root, ray_root, local_counts, ray_counts, events = both_backends
-    assert local_counts == {"skipped": 0, "finished": 4, "failed": 0}
-    assert ray_counts == {"skipped": 0, "finished": 4, "failed": 0}
+    assert local_counts == {"skipped": 0, "finished": 4, "failed": 0, "busy": 0}
+    assert ray_counts == {"skipped": 0, "finished": 4, "failed": 0, "busy": 0}
     assert sorted(events) == ["done"] * 4 + ["start"] * 4
     index = json.loads((ray_root / "sweep.json").read_text())["runs"]
     assert len(index) == 4 and {entry["state"] for entry in index} == {"finished"}
@@ -122,7 +122,7 @@ def test_rerun_skips_finished_runs_without_starting_ray(both_backends, monkeypat
     monkeypatch.setattr(ray_backend, "init_ray", lambda *a, **k: pytest.fail("Ray started for a finished grid"))
     events = []
     counts = ray_backend.run_ray(grid(ray_root), ray_root, on_run=lambda run, event: events.append(event))
-    assert counts == {"skipped": 4, "finished": 0, "failed": 0} and events == ["skip"] * 4
+    assert counts == {"skipped": 4, "finished": 0, "failed": 0, "busy": 0} and events == ["skip"] * 4
 
 
 def kill_after_checkpoint(run_dir: Path, min_frames: int, killed: dict) -> threading.Thread:
@@ -182,7 +182,7 @@ def test_killed_worker_restarts_from_its_checkpoint(ray_session, tmp_path):
     watcher.join(timeout=1)
     assert killed, "the watcher never saw a checkpoint to kill after"
     assert events == ["start", "retry", "start", "done"]  # Tune restarts the trial after the worker died
-    assert counts == {"skipped": 0, "finished": 1, "failed": 0}
+    assert counts == {"skipped": 0, "finished": 1, "failed": 0, "busy": 0}
     check_resumed_run(runs[0].run_dir, killed)
 
 
@@ -192,11 +192,11 @@ def test_without_retries_a_killed_run_is_failed_then_resumed_by_rerunning(ray_se
     runs = expand_grid(tmp_path, ["Pendulum-v1"], ["none"], [64], [3], algo="td3", base=copy.deepcopy(KILL_RUN))
     killed: dict = {}
     watcher = kill_after_checkpoint(runs[0].run_dir, 400, killed)
-    assert run_ray(runs, tmp_path, max_failures=0) == {"skipped": 0, "finished": 0, "failed": 1}
+    assert run_ray(runs, tmp_path, max_failures=0) == {"skipped": 0, "finished": 0, "failed": 1, "busy": 0}
     watcher.join(timeout=1)
     (entry,) = json.loads((tmp_path / "sweep.json").read_text())["runs"]
     assert entry["state"] == "failed" and entry["frames"] == killed["frames"] and "died" in entry["error"].lower()
-    assert run_ray(runs, tmp_path, max_failures=0) == {"skipped": 0, "finished": 1, "failed": 0}
+    assert run_ray(runs, tmp_path, max_failures=0) == {"skipped": 0, "finished": 1, "failed": 0, "busy": 0}
     check_resumed_run(runs[0].run_dir, killed)
 
 
@@ -334,3 +334,22 @@ def test_a_request_no_node_can_hold_is_refused_naming_the_options_to_lower():
         check_resources(cluster, 1, 1, "each run")
     with pytest.raises(RayResourceError, match="each extraction worker .* lower --gpus-per-worker or"):
         check_resources(cluster, 1, 0.5, "each extraction worker", fix="--gpus-per-worker")
+
+
+def test_a_run_in_use_by_another_process_is_left_to_it(ray_session, tmp_path):
+    from test_runs_lock import hold, release
+
+    from pvrw.runs.ray_backend import run_ray
+
+    (run,) = expand_grid(tmp_path, ["Pendulum-v1"], ["none"], [64], [0], algo="td3", base=copy.deepcopy(TINY))
+    holder = hold(run.run_dir)
+    events = []
+    try:
+        counts = run_ray([run], tmp_path, max_failures=2, on_run=lambda run, event: events.append(event))
+    finally:
+        release(holder)
+    assert counts == {"skipped": 0, "finished": 0, "failed": 0, "busy": 1}
+    assert events == ["start", "busy"]  # not retried: the holder trains it
+    assert not (run.run_dir / "status.json").exists()  # the holder's run is not marked failed
+    (entry,) = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert entry["state"] == "pending"

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pvrw.runs.config import ALGOS, PRESETS, ConfigError, parse_override, read_yaml
+from pvrw.runs.layout import RunDirError
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -21,6 +22,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ConfigError as err:
             raise click.UsageError(str(err)) from None
+        except RunDirError as err:  # a run directory in use, or a folder of the user's files
+            raise click.ClickException(str(err)) from None
         except FileNotFoundError as err:
             if type(err).__name__ == "WeightsNotFoundError":  # pvrw.pvr_wrappers.weights, imported only when used
                 raise click.ClickException(missing_weights_line(str(err))) from None
@@ -30,6 +33,11 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(130) from None
 
     return wrapper
+
+
+def lock_note(line: str) -> None:
+    """Say on stderr, as one line, that a run directory's stale lock was taken over."""
+    click.echo(f"note: {line}", err=True)
 
 
 def missing_weights_line(message: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pvrw.cli._common import user_errors
+from pvrw.cli._common import lock_note, user_errors
 
 
 @click.command("eval", short_help="Evaluate a run's latest checkpoint.")
@@ -32,7 +32,18 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
     goal_mode="fixed"), restarted by a seeded first reset, so every evaluation of a run sees the same tasks in the
     same order (as the periodic evaluations during training do). Success at any step is Meta-World's official
     criterion; success at the final step is the stricter one. The result is also written to RUN_DIR/eval.json.
+    RUN_DIR is locked meanwhile: it is refused while a training (or another eval) uses it.
     """
+    from pvrw.runs.lock import run_lock
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise click.UsageError(f"{run_dir} is not a run directory (no config.yaml)")
+    with run_lock(run_dir, note=lock_note):
+        _evaluate(run_dir, episodes, video, deterministic, device, as_json)
+
+
+def _evaluate(run_dir: str, episodes: int, video: bool, deterministic: bool, device: str | None, as_json: bool) -> None:
+    """The evaluation itself, run holding the lock of ``run_dir``."""
     from pvrw.runs.checkpoint import latest_checkpoint
     from pvrw.runs.config import load_algo_class, load_config
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
@@ -40,8 +51,6 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
     from pvrw.runs.layout import RunDir, atomic_write_json
 
     rd = RunDir(run_dir)
-    if not rd.config.is_file():
-        raise click.UsageError(f"{run_dir} is not a run directory (no config.yaml)")
     config = load_config(rd.config)
     if device is not None:
         config.device = device

@@ -75,7 +75,8 @@ def sweep(
 
     Each cell is an ordinary run directory (so `pvrw plot ROOT` and `pvrw eval` work on it). Finished runs are
     skipped and unfinished ones resume from their last checkpoint, so re-running the same command after a crash
-    or a kill completes the grid. ROOT/sweep.json lists every run with its status.
+    or a kill completes the grid. A run whose directory another process uses (locked) is left to it. ROOT/sweep.json
+    lists every run with its status.
 
     With --backend ray every unfinished run is a Ray Tune trial, on a local Ray instance or on the cluster at
     --address (ROOT must then be on a filesystem all nodes share); a trial whose worker dies is restarted and
@@ -136,6 +137,7 @@ def sweep(
             "done": "done",
             "fail": "FAILED",
             "retry": "restart (worker lost)",
+            "busy": "in use by another process, left to it",
         }
         click.echo(f"[{words[event]}] {run.run_dir}")
 
@@ -155,9 +157,10 @@ def sweep(
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to skip finished runs and resume the others", err=True)
             raise SystemExit(130) from None
+    busy = f", {counts['busy']} in use by another process (left to it)" if counts.get("busy") else ""
     click.echo(
         f"{len(runs)} runs: {counts['skipped']} already finished, {counts['finished']} finished now, "
-        f"{counts['failed']} failed; index: {Path(root) / 'sweep.json'}"
+        f"{counts['failed']} failed{busy}; index: {Path(root) / 'sweep.json'}"
     )
     if counts["failed"]:
         raise SystemExit(1)

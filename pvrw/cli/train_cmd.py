@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from pvrw.cli._common import ALGO_CHOICE, config_layers, config_options, user_errors
+from pvrw.cli._common import ALGO_CHOICE, config_layers, config_options, lock_note, user_errors
 from pvrw.runs.config import RunConfig, build_config, load_config
 
 _D = RunConfig()  # the study's defaults, quoted in the help
@@ -82,7 +82,16 @@ _D = RunConfig()  # the study's defaults, quoted in the help
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Run directory to create. [default: runs/<task>/<algo>_<pvr>_<resolution>/seed_<seed>]",
+    help="Run directory to create: a new or empty folder (a folder of other files is refused; one that holds a run "
+    "needs --resume or --overwrite). While a run trains, its folder is locked: a second train, --resume, eval or "
+    "sweep on it is refused, naming the process that holds it. "
+    "[default: runs/<task>/<algo>_<pvr>_<resolution>/seed_<seed>]",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Start again in an --out folder that holds a run: first delete the files pvrw wrote there (config.yaml, "
+    "status.json, metrics.csv, tb/, checkpoints/, plot.png, eval.json, its eval_*.mp4 videos), and nothing else.",
 )
 @click.option(
     "--resume",
@@ -98,6 +107,7 @@ def train(
     preset: str | None,
     set_items: tuple[str, ...],
     out: str | None,
+    overwrite: bool,
     resume: str | None,
     progress: bool,
     **options: Any,
@@ -120,33 +130,54 @@ def train(
         run_dir = Path(resume)
         if out is not None and Path(out) != run_dir:
             raise click.UsageError("--out and --resume name different directories; --resume continues in place")
-        if not (run_dir / "config.yaml").is_file():
-            raise click.UsageError(f"--resume {resume}: not a run directory (no config.yaml); start it with --out")
+        if overwrite:
+            raise click.UsageError("--overwrite starts a run again and --resume continues it; give one of them")
         if preset is not None:
             raise click.UsageError("--preset applies to new runs only; a resumed run keeps its config.yaml")
-        config = build_config(
-            load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names]
-        )
     else:
         config = build_config(*layers, preset=preset, layer_names=names)
         from pvrw.runs.sweep import run_dir_name
 
         run_dir = Path(out) if out else Path("runs") / run_dir_name(config)
-        if (run_dir / "config.yaml").is_file():
-            raise click.UsageError(
-                f"{run_dir} already holds a run; continue it with `pvrw train --resume {run_dir}` "
-                "or choose another --out"
-            )
-    _announce(config, run_dir, resumed=bool(resume))
+    from pvrw.runs.lock import run_lock
     from pvrw.runs.training import run_training
 
-    try:
-        status = run_training(config, run_dir, progress=progress)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; continue from the last checkpoint with: pvrw train --resume {run_dir}", err=True)
-        raise SystemExit(130) from None
+    # locked before looking at the directory, so that a second command on it is told who uses it
+    with run_lock(run_dir, note=lock_note):
+        if resume:
+            if not (run_dir / "config.yaml").is_file():
+                raise click.UsageError(f"--resume {resume}: not a run directory (no config.yaml); start it with --out")
+            config = build_config(
+                load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names]
+            )
+        else:
+            _check_new_run_dir(run_dir, overwrite)
+        _announce(config, run_dir, resumed=bool(resume))
+        try:
+            status = run_training(config, run_dir, progress=progress)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; continue from the last checkpoint with: pvrw train --resume {run_dir}", err=True)
+            raise SystemExit(130) from None
     click.echo(f"finished {status.frames:,} frames in {status.wall_time:.0f} s of training -> {run_dir}")
     _summary(run_dir)
+
+
+def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder of the user's files, and one that holds a run unless ``--overwrite`` (then clear pvrw's)."""
+    from pvrw.runs.layout import RunDir, RunStatus, check_run_dir, remove_run_files
+
+    rd = RunDir(run_dir)
+    check_run_dir(rd)
+    if not rd.config.is_file():  # empty, or a run whose setup failed: nothing to lose
+        return
+    if not overwrite:
+        raise click.UsageError(
+            f"{run_dir} already holds a run; continue it with `pvrw train --resume {run_dir}`, start it again with "
+            "--overwrite (deletes only the files pvrw wrote there), or choose another --out"
+        )
+    removed = remove_run_files(rd)
+    RunStatus().write(rd)  # still a pvrw run directory (the user's files there are kept)
+    click.echo(f"--overwrite: deleted {len(removed)} files and folders pvrw wrote in {run_dir}")
 
 
 def _announce(config: RunConfig, run_dir: Path, resumed: bool) -> None:

@@ -5,7 +5,8 @@ The ``pvrw`` CLI is a thin layer over this package; a sweep backend (local queue
 """
 
 from pvrw.runs.config import PRESETS, ConfigError, RunConfig, build_config, load_config, save_config
-from pvrw.runs.layout import RunDir, RunStatus
+from pvrw.runs.layout import RunDir, RunDirError, RunStatus
+from pvrw.runs.lock import RunLockedError, run_lock
 from pvrw.runs.training import run_training
 
 __all__ = [
@@ -13,9 +14,12 @@ __all__ = [
     "ConfigError",
     "RunConfig",
     "RunDir",
+    "RunDirError",
+    "RunLockedError",
     "RunStatus",
     "build_config",
     "load_config",
+    "run_lock",
     "run_training",
     "save_config",
 ]

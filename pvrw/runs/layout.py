@@ -11,15 +11,23 @@
       videos/            evaluation videos
       plot.png           learning curves, written at the end of training
       eval.json          the last `pvrw eval` result
+      .pvrw.lock         who uses the directory now (see pvrw.runs.lock)
+
+pvrw writes only into a new or empty directory or one that holds a run (its ``status.json``), and deletes only the
+files above (videos: those it names ``eval_*.mp4``), never a file it did not write (:func:`check_run_dir`,
+:func:`remove_run_files`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +36,38 @@ from typing import Any
 PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 STATES = (PENDING, RUNNING, FINISHED, FAILED)
 
+LOCK_FILE = ".pvrw.lock"
+#: what pvrw writes at the top of a run directory, besides the lock and its videos (see :func:`is_pvrw_video`)
+RUN_FILES: tuple[str, ...] = ("config.yaml", "status.json", "metrics.csv", "plot.png", "eval.json", "tb", "checkpoints")
+#: the videos pvrw writes (training evaluations, `pvrw eval`), and their temporary names
+_VIDEO = re.compile(r"^(eval(_cli)?_\d+\.(mp4|gif)|\.eval(_cli)?_\d+\.tmp\.(mp4|gif))$")
+#: the temporary files of atomic_write_* (a kill can leave one)
+_TMP = re.compile(r"^\.(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\..+\.tmp$")
+
+
+class RunDirError(RuntimeError):
+    """A directory cannot be used as a run directory as asked (the message says why and what to do)."""
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask sets it, racing other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader (or a kill) never sees a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a run file is shared like any other file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -70,6 +104,14 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.config.is_file()
+
+    def holds_run(self) -> bool:
+        """Whether pvrw has started a run here (its ``status.json``; ``config.yaml`` follows once set up)."""
+        try:
+            data = json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("state") in STATES
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -116,3 +158,62 @@ class RunStatus:
     @property
     def finished(self) -> bool:
         return self.state == FINISHED
+
+
+def is_pvrw_video(path: Path) -> bool:
+    """Whether a file under ``videos/`` is one pvrw wrote (by its name: ``eval_<frames>.mp4``,
+    ``eval_cli_<frames>.mp4``)."""
+    return bool(_VIDEO.match(path.name))
+
+
+def _listing(root: Path, limit: int = 5) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if p.name != LOCK_FILE)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_run_dir(run_dir: RunDir | str | os.PathLike) -> None:
+    """Refuse a directory that is not empty and holds no pvrw run: pvrw would write over the files found there.
+
+    :raises RunDirError: naming a few of the files found.
+    """
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not rd.root.is_dir() or rd.holds_run():
+        return
+    if any(p.name != LOCK_FILE for p in rd.root.iterdir()):
+        raise RunDirError(
+            f"{rd.root} is not empty and holds no pvrw run (found {_listing(rd.root)}); pvrw writes runs only into "
+            "a new or empty directory: choose another --out (or move those files)"
+        )
+
+
+def remove_run_files(run_dir: RunDir | str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete what pvrw wrote in a run directory, and nothing else (not the lock, not a file of the user's).
+
+    :param names: entries to delete among :data:`RUN_FILES` and ``"videos"`` (only pvrw's videos; the folder if it
+        is then empty); default: all of them, and left-over temporary files of atomic writes.
+    :return: the paths deleted.
+    """
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    everything = names is None
+    names = (*RUN_FILES, "videos") if names is None else tuple(names)
+    unknown = set(names) - {*RUN_FILES, "videos"}
+    if unknown:
+        raise ValueError(f"not pvrw run files: {sorted(unknown)}")
+    targets = [rd.root / n for n in names if n != "videos"]
+    if "videos" in names and rd.videos.is_dir():
+        targets += [p for p in rd.videos.iterdir() if p.is_file() and is_pvrw_video(p)]
+    if everything and rd.root.is_dir():
+        targets += [p for p in rd.root.iterdir() if _TMP.match(p.name)]
+    removed = []
+    for path in targets:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    if "videos" in names and rd.videos.is_dir() and not any(rd.videos.iterdir()):
+        rd.videos.rmdir()
+    return removed

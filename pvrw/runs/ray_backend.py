@@ -36,6 +36,9 @@ FORWARDED_ENV_PREFIXES = ("PVRW_", "HF_", "HUGGINGFACE_", "TORCH_HOME", "TRANSFO
 #: Ray Tune's own files (experiment state, per-trial results) go here, under the sweep root
 TUNE_STORAGE_DIR = ".ray_tune"
 
+#: what a trial reports when another process holds its run directory's lock
+BUSY = "busy"
+
 
 class RayNotInstalledError(ImportError):
     """Ray (with Tune) cannot be imported; the message says how to install it."""
@@ -115,6 +118,8 @@ def _train_trial(tune_config: dict[str, Any], specs: dict[str, dict[str, Any]]) 
 
     import pvrw  # noqa: F401  (headless GL before any simulator import)
     from pvrw.runs.config import ConfigError, RunConfig
+    from pvrw.runs.layout import RunDirError
+    from pvrw.runs.lock import RunLockedError, lock_command
     from pvrw.runs.training import run_training
 
     spec = specs[tune_config["run"]]
@@ -136,8 +141,12 @@ def _train_trial(tune_config: dict[str, Any], specs: dict[str, dict[str, Any]]) 
 
         torch.set_num_threads(spec["torch_threads"])
     try:
-        status = run_training(RunConfig(**spec["config"]), run_dir, progress=False)
-    except ConfigError as err:  # deterministic: retrying cannot help, status.json already says failed
+        with lock_command("pvrw sweep (Ray trial)"):
+            status = run_training(RunConfig(**spec["config"]), run_dir, progress=False)
+    except RunLockedError as err:  # another process trains it: leave it (and its status.json) alone
+        tune.report({"state": BUSY, "frames": 0, "error": str(err)})
+        return
+    except (ConfigError, RunDirError) as err:  # deterministic: retrying cannot help
         tune.report({"state": FAILED, "frames": RunStatus.read(run_dir).frames, "error": str(err)})
         return
     tune.report({"state": status.state, "frames": status.frames, "attempts": status.attempts,
@@ -174,9 +183,10 @@ def run_ray(
     :param num_cpus: CPUs of a new local instance (default: all of this machine's).
     :param reuse_actors: start the next trial in the worker process of a finished one (saves the process start
         and the torch/SB3 imports, seconds per run; see benchmarks/bench_sweep.py).
-    :param on_run: called as ``on_run(run, event)``, event ``skip``, ``start``, ``retry``, ``done`` or ``fail``.
+    :param on_run: called as ``on_run(run, event)``, event ``skip``, ``start``, ``retry``, ``busy`` (another
+        process holds the run's lock: left to it), ``done`` or ``fail``.
     :param verbose: Tune's own console output (0 silent, 1 status table, 2 also trial results).
-    :return: how many runs were ``skipped`` (already finished), ``finished`` now, and ``failed``.
+    :return: how many runs were ``skipped`` (already finished), ``finished`` now, ``failed``, and ``busy``.
     """
     ray = import_ray()
     from ray import tune
@@ -187,7 +197,7 @@ def run_ray(
     if len(by_key) != len(runs):
         raise ValueError("two runs of the grid share a run directory; every grid cell needs its own")
     notify = on_run or (lambda run, event: None)
-    counts = {"skipped": 0, "finished": 0, "failed": 0}
+    counts = {"skipped": 0, "finished": 0, "failed": 0, "busy": 0}
     root.mkdir(parents=True, exist_ok=True)
     write_index(root, runs)
     pending = []
@@ -239,12 +249,17 @@ def run_ray(
             ),
         )
         results = tuner.fit()
-        errors = {}
+        errors, busy = {}, set()
         for result in results:
             key = (result.config or {}).get("run")
             if key is not None and result.error is not None:
                 errors[key] = result.error
+            if key is not None and (result.metrics or {}).get("state") == BUSY:
+                busy.add(key)
         for run in pending:
+            if _trial_key(run, root) in busy:
+                counts["busy"] += 1
+                continue
             rd = RunDir(run.run_dir)
             status = RunStatus.read(rd)
             if status.finished and status.frames >= run.config.frames:
@@ -292,8 +307,8 @@ def _make_event_callback_class() -> type:
             self._event(trial, "retry")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            result = trial.last_result or {}
-            self._event(trial, "fail" if result.get("state") == FAILED else "done")
+            state = (trial.last_result or {}).get("state")
+            self._event(trial, {FAILED: "fail", BUSY: "busy"}.get(state, "done"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._event(trial, "fail")

@@ -141,16 +141,19 @@ def run_local(
 ) -> dict[str, int]:
     """Run the grid one run after another in this process, skipping finished runs and resuming the others.
 
-    :param on_run: called as ``on_run(run, event)`` with event ``skip``, ``start``, ``done`` or ``fail``.
-    :return: how many runs were ``skipped`` (already finished), ``finished`` now, and ``failed``.
+    A run whose directory another process uses (its lock, :mod:`pvrw.runs.lock`) is left to it: event ``busy``.
+
+    :param on_run: called as ``on_run(run, event)`` with event ``skip``, ``start``, ``busy``, ``done`` or ``fail``.
+    :return: how many runs were ``skipped`` (already finished), ``finished`` now, ``failed``, and ``busy``.
     """
+    from pvrw.runs.lock import RunLockedError
     from pvrw.runs.training import run_training
 
     def notify(run: SweepRun, event: str) -> None:
         if on_run is not None:
             on_run(run, event)
 
-    counts = {"skipped": 0, "finished": 0, "failed": 0}
+    counts = {"skipped": 0, "finished": 0, "failed": 0, "busy": 0}
     write_index(root, runs)
     for run in runs:
         status = RunStatus.read(RunDir(run.run_dir))
@@ -164,6 +167,10 @@ def run_local(
         except KeyboardInterrupt:
             write_index(root, runs)
             raise
+        except RunLockedError as err:
+            counts["busy"] += 1
+            notify(run, "busy")
+            print(err, file=sys.stderr)
         except Exception as err:
             counts["failed"] += 1
             notify(run, "fail")

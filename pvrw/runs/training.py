@@ -10,14 +10,14 @@ from __future__ import annotations
 import copy
 import importlib
 import os
-import shutil
 import traceback
 import warnings
 from pathlib import Path
 from typing import Any
 
 from pvrw.runs.config import ConfigError, RunConfig, load_algo_class, load_config, save_config
-from pvrw.runs.layout import FAILED, FINISHED, RUNNING, RunDir, RunStatus
+from pvrw.runs.layout import FAILED, FINISHED, RUNNING, RunDir, RunStatus, remove_run_files
+from pvrw.runs.lock import holding_run_lock
 
 #: config keys that define what is trained; a run directory refuses a config that changes one of them
 IDENTITY_KEYS: tuple[str, ...] = (
@@ -98,8 +98,12 @@ def build_model(config: RunConfig, env: Any) -> Any:
         ) from err
 
 
+@holding_run_lock
 def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool = False) -> RunStatus:
     """Train ``config`` in ``run_dir`` until ``config.frames``; resume from the last checkpoint if there is one.
+
+    It holds the directory's lock throughout (:mod:`pvrw.runs.lock`) and refuses a directory that holds files but
+    no pvrw run; a second process on the same directory raises :class:`~pvrw.runs.lock.RunLockedError`.
 
     :param config: the resolved, validated run configuration.
     :param run_dir: the run directory (created if missing).
@@ -144,8 +148,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
             episodes, wall_time = checkpoint.episodes, checkpoint.wall_time
         else:
             model = build_model(config, env)
-            rd.metrics.unlink(missing_ok=True)  # rows of an attempt that died before its first checkpoint
-            shutil.rmtree(rd.videos, ignore_errors=True)
+            remove_run_files(rd, ("metrics.csv", "videos"))  # of an attempt that died before its first checkpoint
             episodes, wall_time = 0, 0.0
         # written once the run could be set up, so a directory whose setup failed (bad resolution, missing
         # weights) holds no config.yaml and can be started again with other settings
