@@ -11,6 +11,10 @@ import click
 
 from pvrw.runs.config import ALGOS, PRESETS, ConfigError, parse_override, read_yaml
 
+#: library errors that are the user's to fix (a file, a setting, a system library); matched by class name so that
+#: this module imports none of the heavy modules that define them
+USER_ERRORS = frozenset({"GLBackendError", "RendererUnavailableError", "WeightsFormatError", "SavedModelError"})
+
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's user errors into one-line click errors (exit 2 for bad input, 1 for missing things)."""
@@ -28,8 +32,17 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
+        except Exception as err:
+            if not any(cls.__name__ in USER_ERRORS for cls in type(err).__mro__):
+                raise
+            raise click.ClickException(one_line(str(err))) from None
 
     return wrapper
+
+
+def one_line(message: str) -> str:
+    """A multi-line error message as one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def missing_weights_line(message: str) -> str:
@@ -101,8 +114,8 @@ def config_options(note: str = "") -> Callable[[Callable[..., Any]], Callable[..
             type=click.Choice(sorted(PRESETS)),
             default=None,
             help="Named settings under the config file: 'study' (the defaults) or 'smoke' (a CPU-minutes run at 64 "
-            "px with a small budget, batch and buffer: it checks the pipeline end to end, it does NOT learn the "
-            "task)." + suffix,
+            "px, or the nearest side the backbone takes, with a small budget, batch and buffer: it checks the "
+            "pipeline end to end, it does NOT learn the task)." + suffix,
         ),
     ]
 
