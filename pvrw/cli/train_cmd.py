@@ -128,7 +128,10 @@ def train(
             load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names]
         )
     else:
-        config = build_config(*layers, preset=preset, layer_names=names)
+        notes: list[str] = []
+        config = build_config(*layers, preset=preset, layer_names=names, notes=notes)
+        for note in notes:
+            click.echo(note)
         from pvrw.runs.sweep import run_dir_name
 
         run_dir = Path(out) if out else Path("runs") / run_dir_name(config)
@@ -137,6 +140,9 @@ def train(
                 f"{run_dir} already holds a run; continue it with `pvrw train --resume {run_dir}` "
                 "or choose another --out"
             )
+    from pvrw.runs.envs import check_run_setup
+
+    check_run_setup(config)  # before anything is printed or created
     _announce(config, run_dir, resumed=bool(resume))
     from pvrw.runs.training import run_training
 
@@ -154,8 +160,6 @@ def _announce(config: RunConfig, run_dir: Path, resumed: bool) -> None:
     click.echo(
         f"{'resuming' if resumed else 'training'} {what}, seed {config.seed}, {config.frames:,} frames -> {run_dir}"
     )
-    if config.weights == "random" and config.pvr != "none":
-        click.echo("WARNING: --weights random: the backbone is randomly initialised, NOT pretrained (smoke test only)")
 
 
 def _summary(run_dir: Path) -> None:

@@ -299,6 +299,7 @@ def build_config(
     *layers: dict[str, Any] | None,
     preset: str | None = None,
     layer_names: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> RunConfig:
     """Resolve a :class:`RunConfig` from defaults, an optional preset, then each layer in order (later wins).
 
@@ -306,6 +307,8 @@ def build_config(
     Bare algorithm arguments are checked against the algorithm the layers finally select.
 
     :param layer_names: where each layer came from (e.g. the config file's path), to prefix its errors.
+    :param notes: if given, a sentence is appended for each value pvrw chose (a preset's resolution moved to the
+        nearest side the backbone takes, when no layer sets the resolution).
     """
     names = list(layer_names or [])
     named: list[tuple[str | None, dict[str, Any]]] = []
@@ -327,10 +330,33 @@ def build_config(
             data = apply_overrides(data, layer, algo)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}" if name else str(err)) from None
+    if preset is not None and "resolution" in PRESETS[preset] and not any("resolution" in layer for _, layer in named[1:]):
+        note = _fit_preset_resolution(data, preset)
+        if note and notes is not None:
+            notes.append(note)
     try:
         return RunConfig(**data).validate()
     except TypeError as err:  # a value of the wrong type reached a dataclass field
         raise ConfigError(str(err)) from None
+
+
+def _fit_preset_resolution(data: dict[str, Any], preset: str) -> str | None:
+    """Move a preset's resolution to the nearest side the run's backbone takes; return what was done, if anything."""
+    if data.get("pvr") in (None, "none"):
+        return None
+    from pvrw.pvr_wrappers import get_backbone_cfg, list_backbones
+
+    if data["pvr"] not in list_backbones():
+        return None  # reported by the run's checks
+    cfg = get_backbone_cfg(data["pvr"])
+    side = data["resolution"]
+    try:
+        cfg.check_resolution(side)
+        return None
+    except ValueError:
+        data["resolution"] = cfg.nearest_side(side)
+    return (f"preset {preset}: resolution {data['resolution']}, the side nearest to {side} that {cfg.name} takes "
+            f"({cfg.side_rule})")
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -59,7 +59,7 @@ def _gymnasium_env(config: RunConfig, seed: int, needs_frames: bool) -> gym.Env:
     try:
         env = gym.make(config.env, **kwargs)
     except gym.error.Error as err:
-        raise ConfigError(f"env: cannot make {config.env!r}: {err}") from None
+        raise _unknown_env(config.env, err) from None
     except TypeError as err:
         raise ConfigError(f"env_kwargs: {err}") from None
     env.reset(seed=seed)
@@ -110,15 +110,69 @@ def make_backbone(config: RunConfig) -> Any:
         return None
     from pvrw.pvr_wrappers import create_backbone
 
-    check_backbone_name(config.pvr)
-    if config.weights not in (None, "random") and not Path(config.weights).exists():
-        raise ConfigError(f"weights: {config.weights} does not exist; give a weight file or folder, or 'random'")
+    _check_backbone(config)
     try:
         return create_backbone(
             config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
         )
     except ValueError as err:  # e.g. a resolution the backbone cannot take
         raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+
+
+def _unknown_env(env_id: str, err: Exception) -> ConfigError:
+    """The error for a Gymnasium id that does not exist; a bare Meta-World task name gets its ``metaworld/`` id."""
+    from pvrw.pvr_wrappers.metaworld_env import parse_metaworld_id
+
+    try:
+        parse_metaworld_id(env_id)
+    except ValueError as metaworld:  # "'push-v3' is a Meta-World task: write it as 'metaworld/push-v3'"
+        return ConfigError(f"env: {metaworld}")
+    return ConfigError(f"env: cannot make {env_id!r}: {err}")
+
+
+def _check_backbone(config: RunConfig) -> None:
+    """The backbone's name, weights path and input side, checked without building it."""
+    from pvrw.pvr_wrappers import get_backbone_cfg
+
+    check_backbone_name(config.pvr)
+    if config.weights not in (None, "random") and not Path(config.weights).exists():
+        raise ConfigError(f"weights: {config.weights} does not exist; give a weight file or folder, or 'random'")
+    try:
+        get_backbone_cfg(config.pvr).check_resolution(config.resolution)
+    except ValueError as err:
+        raise ConfigError(f"resolution: {err}") from None
+
+
+def check_run_setup(config: RunConfig) -> RunConfig:
+    """Check what a run needs before anything is created or built: the task id, the rendering backend and image
+    side (Meta-World), the backbone, its weights path and input side, and the device.
+
+    :raises ConfigError: naming the key to fix. :raises GLBackendError: MuJoCo cannot render here.
+    :return: ``config``
+    """
+    resolve_device(config.device)
+    if config.is_metaworld:
+        from pvrw.pvr_wrappers.metaworld_env import MAX_RESOLUTION, MIN_RESOLUTION, parse_metaworld_id
+
+        try:
+            parse_metaworld_id(config.env)
+        except ValueError as err:
+            raise ConfigError(f"env: {err}") from None
+        if not MIN_RESOLUTION <= config.resolution <= MAX_RESOLUTION:
+            raise ConfigError(f"resolution: {config.resolution} px is not supported; use {MIN_RESOLUTION} to "
+                              f"{MAX_RESOLUTION} (the study uses 112 and 224)")
+    else:
+        try:
+            spec = gym.spec(config.env)
+        except gym.error.Error as err:
+            raise _unknown_env(config.env, err) from None
+        if "mujoco" in str(spec.entry_point):
+            from pvrw._gl import import_mujoco
+
+            import_mujoco()
+    if config.pvr != "none":
+        _check_backbone(config)
+    return config
 
 
 def check_backbone_name(pvr: str) -> None:
