@@ -173,3 +173,46 @@ def test_cli_prints_pvrw_warnings_on_one_line():
     assert _format_warning("Backbone 'x' ... RANDOM", RandomWeightsWarning, "f.py", 3, "src") == (
         "Warning: Backbone 'x' ... RANDOM\n")
     assert "f.py:3" in _format_warning("other", UserWarning, "f.py", 3, "src")
+
+
+# -- damaged files --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def truncated_safetensors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "resnet18.safetensors"
+    save_file({"conv1.weight": torch.zeros(64, 3, 7, 7)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a download cut in the middle
+    return path
+
+
+def test_truncated_safetensors_is_a_clear_error(truncated_safetensors):
+    import gymnasium as gym
+
+    from pvrw import PVRObservation
+    from pvrw.pvr_wrappers import WeightsFormatError
+
+    env = gym.make("Pendulum-v1", render_mode="rgb_array")
+    with pytest.raises(WeightsFormatError) as info:  # before: safetensors' SafetensorError about a header
+        PVRObservation(env, "resnet18", weights=truncated_safetensors, resolution=16, source="render")
+    message = str(info.value)
+    assert f"Could not read weight file {truncated_safetensors}" in message and "truncated" in message
+    assert "download it again (`pvrw download resnet18`)" in message and "\n" not in message
+    env.close()
+
+
+def test_truncated_safetensors_is_one_line_in_the_cli(truncated_safetensors, tmp_path):
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+
+    args = ["train", "--env", "Pendulum-v1", "--pvr", "resnet18", "--weights", str(truncated_safetensors),
+            "--resolution", "16", "--out", str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: Could not read weight file") and "pvrw download resnet18" in error

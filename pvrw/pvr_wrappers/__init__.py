@@ -22,6 +22,7 @@ _LAZY_EXPORTS = {
     "FrozenBackbone": "pvrw.pvr_wrappers.registry",
     "RandomWeightsWarning": "pvrw.pvr_wrappers.registry",
     "WeightsNotFoundError": "pvrw.pvr_wrappers.weights",
+    "WeightsFormatError": "pvrw.pvr_wrappers.weights",
     # observation wrappers (wrappers.py)
     "PVRObservation": "pvrw.pvr_wrappers.wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers.wrappers",

@@ -346,7 +346,7 @@ def _build(cfg: BackboneCfg, resolution: int, options: dict[str, Any], meta_devi
 
 def load_weights_into(cfg: BackboneCfg, model: nn.Module, path: Path, resolution: int, **options: Any) -> None:
     """Read ``path``, check its format, convert and load it strictly into ``model`` (refusing any mismatch)."""
-    state, meta = read_state_dict(path)
+    state, meta = read_state_dict(path, name=cfg.name)
     fmt = detect_format(state, meta)
     what = f"Weight file {path} (format {fmt!r}) for backbone {cfg.name!r}"
     if "any" not in cfg.formats and fmt not in cfg.formats:

@@ -108,13 +108,15 @@ def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
     if config.pvr == "none":
         return None
-    from pvrw.pvr_wrappers import create_backbone
+    from pvrw.pvr_wrappers import WeightsFormatError, create_backbone
 
     _check_backbone(config)
     try:
         return create_backbone(
             config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
         )
+    except WeightsFormatError:  # a damaged or wrong weight file: its own message names the file and the fix
+        raise
     except ValueError as err:  # e.g. a resolution the backbone cannot take
         raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
 
