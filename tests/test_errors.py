@@ -216,3 +216,81 @@ def test_truncated_safetensors_is_one_line_in_the_cli(truncated_safetensors, tmp
     assert result.exit_code == 1 and "Traceback" not in result.output
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("Error: Could not read weight file") and "pvrw download resnet18" in error
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A DrM zip and replay buffer, their truncated copies, and a SAC zip."""
+    import warnings
+
+    from stable_baselines3 import SAC
+    from test_drm_run import FAST, feature_env
+
+    from pvrw.drm import DrM
+
+    folder = tmp_path_factory.mktemp("saved")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DrM("MlpPolicy", feature_env(), seed=0, **FAST)
+        model.learn(30)
+        model.save(folder / "drm.zip")
+        model.save_replay_buffer(folder / "replay_buffer.pkl")
+        SAC("MlpPolicy", "Pendulum-v1", buffer_size=100, seed=0).save(folder / "sac.zip")
+    for name in ("drm.zip", "replay_buffer.pkl"):
+        data = (folder / name).read_bytes()
+        (folder / f"cut_{name}").write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def test_drm_load_names_the_problem(saved_models):
+    from pvrw.drm import DrM
+    from pvrw.drm.saved import SavedModelError
+
+    with pytest.raises(SavedModelError, match=r"sac\.zip holds a SAC model: use SAC\.load"):
+        DrM.load(saved_models / "sac.zip")  # before: AttributeError 'SACPolicy' object has no attribute 'value_net'
+    with pytest.raises(SavedModelError, match=r"cut_drm\.zip is not a complete DrM model: the file is truncated"):
+        DrM.load(saved_models / "cut_drm.zip")  # before: AssertionError: No data found in the saved file
+    with pytest.raises(FileNotFoundError) as info:
+        DrM.load(saved_models / "nonexistent.zip")
+    assert str(info.value).endswith("nonexistent.zip'") and ".zip.zip" not in str(info.value)
+    assert isinstance(DrM.load(saved_models / "drm"), DrM)  # SB3's suffix rule still works
+
+
+def test_drm_replay_buffer_errors_name_the_file(saved_models):
+    from pvrw.drm import DrM
+    from pvrw.drm.saved import SavedModelError
+
+    model = DrM.load(saved_models / "drm.zip")
+    with pytest.raises(FileNotFoundError) as info:
+        model.load_replay_buffer(saved_models / "missing.pkl")
+    assert str(info.value).endswith("missing.pkl'") and ".pkl.pkl" not in str(info.value)
+    with pytest.raises(SavedModelError, match=r"cut_replay_buffer\.pkl is not a complete replay buffer"):
+        model.load_replay_buffer(saved_models / "cut_replay_buffer.pkl")
+    model.load_replay_buffer(saved_models / "replay_buffer")
+    assert model.replay_buffer.size() > 0
+
+
+@pytest.mark.parametrize("algo, model_file, expected", [
+    ("drm", "cut_drm.zip", "is not a complete DrM model: the file is truncated or damaged"),
+    ("sac", "drm.zip", "holds a DrM model: use pvrw.drm.DrM.load, not SAC.load"),
+])  # fmt: skip
+def test_eval_of_a_damaged_checkpoint_is_one_line(saved_models, tmp_path, algo, model_file, expected):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+    from pvrw.runs.config import build_config, save_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000000030").mkdir(parents=True)
+    save_config(build_config({"algo": algo, "env": "Pendulum-v1"}), run / "config.yaml")
+    shutil.copy(saved_models / model_file, run / "checkpoints" / "step_0000000030" / "model.zip")
+    latest = {"dir": "step_0000000030", "steps": 30, "frames": 30, "episodes": 0, "wall_time": 1.0,
+              "has_replay_buffer": False}  # fmt: skip
+    (run / "checkpoints" / "latest.json").write_text(json.dumps(latest))
+    result = CliRunner().invoke(main, ["eval", str(run), "--episodes", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {run / 'checkpoints'}") and expected in lines[0]
