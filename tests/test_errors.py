@@ -294,3 +294,43 @@ def test_eval_of_a_damaged_checkpoint_is_one_line(saved_models, tmp_path, algo, 
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {run / 'checkpoints'}") and expected in lines[0]
+
+
+# -- --set values are checked against the constructors' type hints ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("batch_size=abc", "--set: batch_size: DrM takes an integer, got 'abc' (str)"),
+        ("gamma=abc", "--set: gamma: DrM takes a number or null, got 'abc' (str)"),
+        ("learning_rate=[1,2]", "--set: learning_rate: DrM takes a number or a schedule"),
+        ("policy_kwargs.hidden_dim=abc", "--set: policy_kwargs.hidden_dim: DrMPolicy takes an integer, got 'abc'"),
+        ("buffer_size=1e6", "buffer_size: DrM takes an integer, got 1000000.0 (float) (write 1000000)"),
+    ],
+)
+def test_set_values_are_checked_against_type_hints(tmp_path, item, expected):
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+    from pvrw.runs.config import ConfigError, build_config, parse_override
+
+    key, value = parse_override(item)
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        build_config({key: value}, layer_names=["--set"])
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--set", item, "--out", str(out)])
+    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+    assert not out.exists()  # nothing written: no config.yaml holding the bad value
+
+
+def test_type_checks_accept_what_the_constructors_take():
+    from pvrw.runs.config import build_config
+
+    accepted = {
+        "train_freq": [1, "episode"], "stddev_schedule": "linear(1.0,0.1,500000)", "gamma": None,
+        "replay_buffer_class": "pvrw.drm.buffers:DrMReplayBuffer", "learning_rate": 3e-4,
+        "policy_kwargs": {"hidden_dim": 64, "augment": None},
+    }  # fmt: skip
+    assert build_config(accepted).algo_kwargs == accepted
+    assert build_config({"algo": "sac", "ent_coef": "auto_0.1", "policy_kwargs": {"net_arch": [64, 64]}}).algo == "sac"
