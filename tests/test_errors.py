@@ -334,3 +334,15 @@ def test_type_checks_accept_what_the_constructors_take():
     }  # fmt: skip
     assert build_config(accepted).algo_kwargs == accepted
     assert build_config({"algo": "sac", "ent_coef": "auto_0.1", "policy_kwargs": {"net_arch": [64, 64]}}).algo == "sac"
+
+
+def test_cli_restores_the_warning_format():
+    import warnings
+
+    from click.testing import CliRunner
+
+    from pvrw.cli import main
+
+    before = warnings.formatwarning
+    assert CliRunner().invoke(main, ["plot", "--help"]).exit_code == 0
+    assert warnings.formatwarning is before

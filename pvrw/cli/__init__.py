@@ -71,4 +71,6 @@ def main() -> None:
 
     Every command explains itself: pvrw COMMAND --help.
     """
+    previous = warnings.formatwarning
     warnings.formatwarning = _format_warning
+    click.get_current_context().call_on_close(lambda: setattr(warnings, "formatwarning", previous))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,13 @@ def check_run_setup(config: RunConfig) -> RunConfig:
             raise ConfigError(f"resolution: {config.resolution} px is not supported; use {MIN_RESOLUTION} to "
                               f"{MAX_RESOLUTION} (the study uses 112 and 224)")
     else:
+        module, _, env_id = config.env.rpartition(":")  # gym.make's "module:Env-v0" imports module first
         try:
-            spec = gym.spec(config.env)
+            if module:
+                importlib.import_module(module)
+            spec = gym.spec(env_id)
+        except ModuleNotFoundError as err:
+            raise ConfigError(f"env: cannot import {module!r} for {config.env!r}: {err}") from None
         except gym.error.Error as err:
             raise _unknown_env(config.env, err) from None
         if "mujoco" in str(spec.entry_point):
