@@ -418,7 +418,8 @@ class DrM(DormantMechanisms, OffPolicyAlgorithm):
 
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """SB3's ``load_replay_buffer``; a missing file is named as given, a damaged one is a ``SavedModelError``."""
-        load_replay_buffer_file(path, lambda resolved: super(DrM, self).load_replay_buffer(resolved, truncate_last_traj))
+        load = super().load_replay_buffer
+        load_replay_buffer_file(path, lambda resolved: load(resolved, truncate_last_traj))
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "value_net"]

@@ -208,7 +208,7 @@ def _damaged(path: Path, reader: str, err: Exception, name: str | None) -> Weigh
     again = f"download it again (`pvrw download {name}`)" if name else "download it again"
     return WeightsFormatError(
         f"Could not read weight file {path} ({size:,} bytes): it is truncated, damaged or not a weight file; "
-        f"{again}, or pass the right file. {reader} said: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        f"{again}, or pass the right file. {reader} said: {(str(err) or type(err).__name__).splitlines()[0]}")
 
 
 def read_state_dict(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:

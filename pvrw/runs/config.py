@@ -344,7 +344,8 @@ def build_config(
             data = apply_overrides(data, layer, algo)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}" if name else str(err)) from None
-    if preset is not None and "resolution" in PRESETS[preset] and not any("resolution" in layer for _, layer in named[1:]):
+    own_side = any("resolution" in layer for _, layer in named[1:])
+    if preset is not None and "resolution" in PRESETS[preset] and not own_side:
         note = _fit_preset_resolution(data, preset)
         if note and notes is not None:
             notes.append(note)
