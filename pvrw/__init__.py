@@ -23,6 +23,7 @@ _LAZY_EXPORTS = {
     "create_backbone": "pvrw.pvr_wrappers",
     "list_backbones": "pvrw.pvr_wrappers",
     "register_backbone": "pvrw.pvr_wrappers",
+    "RandomWeightsWarning": "pvrw.pvr_wrappers",
     "FeatureStore": "pvrw.feature_cache",
     "DrM": "pvrw.drm",
     "trainable_parameter_counts": "pvrw.drm",

@@ -20,7 +20,12 @@ def lazy_getattr(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
     def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(exports[name]), name)
+        try:
+            module = importlib.import_module(exports[name])
+        except AttributeError as err:
+            # Python turns an AttributeError raised by __getattr__ into "cannot import name ...", hiding the cause
+            raise ImportError(f"importing {exports[name]} (for {package}.{name}) failed: {err}") from err
+        value = getattr(module, name)
         setattr(sys.modules[package], name, value)
         return value
 

@@ -7,6 +7,7 @@ import torch or mujoco.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
@@ -45,6 +46,16 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' signature)
+    """pvrw's own warnings (e.g. RandomWeightsWarning) as one line, without the source line of the call."""
+    if category.__module__.startswith("pvrw."):
+        return f"Warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMATWARNING = warnings.formatwarning
+
+
 @click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pvrw")
 def main() -> None:
@@ -60,3 +71,6 @@ def main() -> None:
 
     Every command explains itself: pvrw COMMAND --help.
     """
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    click.get_current_context().call_on_close(lambda: setattr(warnings, "formatwarning", previous))

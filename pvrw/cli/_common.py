@@ -12,6 +12,10 @@ import click
 from pvrw.runs.config import ALGOS, PRESETS, ConfigError, parse_override, read_yaml
 from pvrw.runs.layout import RunDirError
 
+#: library errors that are the user's to fix (a file, a setting, a system library); matched by class name so that
+#: this module imports none of the heavy modules that define them
+USER_ERRORS = frozenset({"GLBackendError", "RendererUnavailableError", "WeightsFormatError", "SavedModelError"})
+
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the library's user errors into one-line click errors (exit 2 for bad input, 1 for missing things)."""
@@ -31,6 +35,10 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
+        except Exception as err:
+            if not any(cls.__name__ in USER_ERRORS for cls in type(err).__mro__):
+                raise
+            raise click.ClickException(one_line(str(err))) from None
 
     return wrapper
 
@@ -38,6 +46,11 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def lock_note(line: str) -> None:
     """Say on stderr, as one line, that a run directory's stale lock was taken over."""
     click.echo(f"note: {line}", err=True)
+
+
+def one_line(message: str) -> str:
+    """A multi-line error message as one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def missing_weights_line(message: str) -> str:
@@ -109,8 +122,8 @@ def config_options(note: str = "") -> Callable[[Callable[..., Any]], Callable[..
             type=click.Choice(sorted(PRESETS)),
             default=None,
             help="Named settings under the config file: 'study' (the defaults) or 'smoke' (a CPU-minutes run at 64 "
-            "px with a small budget, batch and buffer: it checks the pipeline end to end, it does NOT learn the "
-            "task)." + suffix,
+            "px, or the nearest side the backbone takes, with a small budget, batch and buffer: it checks the "
+            "pipeline end to end, it does NOT learn the task)." + suffix,
         ),
     ]
 

@@ -44,6 +44,7 @@ def eval_(run_dir: str, episodes: int, video: bool, deterministic: bool, device:
 
 def _evaluate(run_dir: str, episodes: int, video: bool, deterministic: bool, device: str | None, as_json: bool) -> None:
     """The evaluation itself, run holding the lock of ``run_dir``."""
+    from pvrw.drm.saved import check_model_zip
     from pvrw.runs.checkpoint import latest_checkpoint
     from pvrw.runs.config import load_algo_class, load_config
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
@@ -59,11 +60,11 @@ def _evaluate(run_dir: str, episodes: int, video: bool, deterministic: bool, dev
         raise click.ClickException(
             f"{run_dir} has no checkpoint yet (checkpoints/latest.json); train it: pvrw train --resume {run_dir}"
         )
+    algo_class = load_algo_class(config.algo)
+    model_file = check_model_zip(rd.checkpoints / info.dir / "model.zip", algo_class)  # damaged: one line, early
     env = make_run_env(config, evaluation=True, record_frames=video, backbone=make_backbone(config))
     try:
-        model = load_algo_class(config.algo).load(
-            rd.checkpoints / info.dir / "model.zip", device=resolve_device(config.device)
-        )
+        model = algo_class.load(model_file, device=resolve_device(config.device))
         video_path = rd.videos / f"eval_cli_{info.frames:010d}.mp4" if video else None
         result = evaluate(
             model,

@@ -125,6 +125,8 @@ def train(
       pvrw train --preset smoke --out runs/smoke          # a few CPU minutes, end to end
       pvrw train --resume runs/smoke --frames 6000        # continue (or extend) a run
     """
+    from pvrw.runs.envs import check_run_setup
+
     layers, names = config_layers(config_file, options, set_items)
     if resume:
         run_dir = Path(resume)
@@ -134,22 +136,27 @@ def train(
             raise click.UsageError("--overwrite starts a run again and --resume continues it; give one of them")
         if preset is not None:
             raise click.UsageError("--preset applies to new runs only; a resumed run keeps its config.yaml")
+        if not (run_dir / "config.yaml").is_file():
+            raise click.UsageError(f"--resume {resume}: not a run directory (no config.yaml); start it with --out")
     else:
-        config = build_config(*layers, preset=preset, layer_names=names)
+        notes: list[str] = []
+        config = build_config(*layers, preset=preset, layer_names=names, notes=notes)
+        for note in notes:
+            click.echo(note)
         from pvrw.runs.sweep import run_dir_name
 
         run_dir = Path(out) if out else Path("runs") / run_dir_name(config)
+        check_run_setup(config)  # before anything is printed or created (the lock creates the directory)
     from pvrw.runs.lock import run_lock
     from pvrw.runs.training import run_training
 
     # locked before looking at the directory, so that a second command on it is told who uses it
     with run_lock(run_dir, note=lock_note):
         if resume:
-            if not (run_dir / "config.yaml").is_file():
-                raise click.UsageError(f"--resume {resume}: not a run directory (no config.yaml); start it with --out")
             config = build_config(
                 load_config(run_dir / "config.yaml").to_dict(), *layers, layer_names=["config.yaml", *names]
             )
+            check_run_setup(config)
         else:
             _check_new_run_dir(run_dir, overwrite)
         _announce(config, run_dir, resumed=bool(resume))
@@ -185,8 +192,6 @@ def _announce(config: RunConfig, run_dir: Path, resumed: bool) -> None:
     click.echo(
         f"{'resuming' if resumed else 'training'} {what}, seed {config.seed}, {config.frames:,} frames -> {run_dir}"
     )
-    if config.weights == "random" and config.pvr != "none":
-        click.echo("WARNING: --weights random: the backbone is randomly initialised, NOT pretrained (smoke test only)")
 
 
 def _summary(run_dir: Path) -> None:

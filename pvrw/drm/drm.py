@@ -28,6 +28,7 @@ from pvrw.drm.dormant import dormant_ratio
 from pvrw.drm.mechanisms import DormantMechanisms
 from pvrw.drm.networks import VARIANTS, Actor, Critic, ValueNetwork, sample_action
 from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, PiegPolicy
+from pvrw.drm.saved import check_model_zip, load_replay_buffer_file
 from pvrw.drm.schedules import ScheduleSpec, parse_step_schedule
 
 SelfDrM = TypeVar("SelfDrM", bound="DrM")
@@ -407,6 +408,18 @@ class DrM(DormantMechanisms, OffPolicyAlgorithm):
                 "in pvrw.VecPVRObservation for features."
             )
         return OffPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
+
+    @classmethod
+    def load(cls, path: Any, env: GymEnv | None = None, device: th.device | str = "auto", **kwargs: Any) -> Any:
+        """SB3's ``load``, after checking the file: a missing file is named as given (not ``path.zip.zip``), a
+        truncated or damaged zip or a model of another algorithm (``holds a SAC model: use SAC.load``) raise a
+        :class:`~pvrw.drm.saved.SavedModelError` naming the file."""
+        return super().load(check_model_zip(path, cls), env=env, device=device, **kwargs)
+
+    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
+        """SB3's ``load_replay_buffer``; a missing file is named as given, a damaged one is a ``SavedModelError``."""
+        load = super().load_replay_buffer
+        load_replay_buffer_file(path, lambda resolved: load(resolved, truncate_last_traj))
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "value_net"]

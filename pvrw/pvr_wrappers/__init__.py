@@ -20,7 +20,9 @@ _LAZY_EXPORTS = {
     "list_backbones": "pvrw.pvr_wrappers.registry",
     "get_backbone_cfg": "pvrw.pvr_wrappers.registry",
     "FrozenBackbone": "pvrw.pvr_wrappers.registry",
+    "RandomWeightsWarning": "pvrw.pvr_wrappers.registry",
     "WeightsNotFoundError": "pvrw.pvr_wrappers.weights",
+    "WeightsFormatError": "pvrw.pvr_wrappers.weights",
     # observation wrappers (wrappers.py)
     "PVRObservation": "pvrw.pvr_wrappers.wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers.wrappers",

@@ -21,11 +21,12 @@ from collections import deque
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from pvrw._gl import gl_install_hint
+from pvrw._gl import gl_install_hint, import_mujoco
+
+mujoco = import_mujoco()  # a missing GL library or a bad MUJOCO_GL is one clear GLBackendError
 
 STACK_INITS = ("zeros", "repeat")
 RENDER_QUALITIES = ("full", "fast")

@@ -23,10 +23,9 @@ from typing import Any
 
 import pvrw._gl
 
-pvrw._gl.configure_gl_backend()
+mujoco = pvrw._gl.import_mujoco()  # before gymnasium's MuJoCo envs import it
 
 import gymnasium as gym
-import mujoco
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.wrappers import TimeLimit

@@ -49,7 +49,11 @@ class UnknownBackboneError(ValueError):
 
 
 class RandomWeightsWarning(UserWarning):
-    """A backbone was built with random weights: its features are meaningless (smoke tests only)."""
+    """A backbone was built with random weights: its features are meaningless (smoke tests only).
+
+    Issued once per :func:`create_backbone` call, through :mod:`warnings` only; silence it with
+    ``warnings.simplefilter("ignore", RandomWeightsWarning)``.
+    """
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -76,6 +80,7 @@ class BackboneCfg:
     :param normalisation: short name of the normalisation, for listings and cache keys.
     :param resolution_multiple: the side must be a multiple of this (the ViT patch size).
     :param min_resolution: smallest side allowed.
+    :param max_resolution: largest side allowed (rendered frames are at most 2048 px).
     :param default_resolution: side used when none is given.
     :param study_resolutions: the sides used by the study (shown by ``pvrw backbones``).
     :param weights: where the weights come from (:class:`~pvrw.pvr_wrappers.weights.WeightSources`).
@@ -100,6 +105,7 @@ class BackboneCfg:
     normalisation: str = "imagenet"
     resolution_multiple: int = 1
     min_resolution: int = 1
+    max_resolution: int = 2048
     default_resolution: int = 224
     study_resolutions: tuple[int, ...] = (112, 224)
     weights: WeightSources = dataclasses.field(default_factory=WeightSources)
@@ -137,7 +143,18 @@ class BackboneCfg:
         if int(resolution) != resolution or resolution < self.min_resolution or resolution % self.resolution_multiple:
             raise ValueError(f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be "
                              f"{self.side_rule} (e.g. {self.study_resolutions}).")
+        if resolution > self.max_resolution:  # checked before building: a ViT's position table grows with the side
+            raise ValueError(f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be at "
+                             f"most {self.max_resolution} (e.g. {self.study_resolutions}).")
         return int(resolution)
+
+    def nearest_side(self, side: int) -> int:
+        """The allowed side (:attr:`side_rule`) nearest to ``side``; the larger one on a tie."""
+        step = self.resolution_multiple
+        first, last = -(-self.min_resolution // step) * step, self.max_resolution // step * step
+        below = max(first, side // step * step)
+        above = below + step if below < side else below
+        return min(below if side - below < above - side else above, last)
 
 
 _REGISTRY: dict[str, Callable[[], BackboneCfg]] = {}
@@ -329,7 +346,7 @@ def _build(cfg: BackboneCfg, resolution: int, options: dict[str, Any], meta_devi
 
 def load_weights_into(cfg: BackboneCfg, model: nn.Module, path: Path, resolution: int, **options: Any) -> None:
     """Read ``path``, check its format, convert and load it strictly into ``model`` (refusing any mismatch)."""
-    state, meta = read_state_dict(path)
+    state, meta = read_state_dict(path, name=cfg.name)
     fmt = detect_format(state, meta)
     what = f"Weight file {path} (format {fmt!r}) for backbone {cfg.name!r}"
     if "any" not in cfg.formats and fmt not in cfg.formats:
@@ -370,8 +387,7 @@ def create_backbone(name: str, weights: str | Path | None = None, resolution: in
     if isinstance(weights, str) and weights == RANDOM:
         msg = (f"Backbone {name!r} is built with RANDOM weights: its features are meaningless. Use this for smoke "
                "tests only.")
-        warnings.warn(msg, RandomWeightsWarning, stacklevel=2)
-        logger.warning(msg)
+        warnings.warn(msg, RandomWeightsWarning, stacklevel=2)  # the one notice: a warnings filter silences it
         model = _build(cfg, resolution, options, meta_device=False)
         if hasattr(model, "drop_unused"):
             model.drop_unused()

@@ -203,11 +203,21 @@ def missing_weights_message(name: str, sources: WeightSources, looked: Iterable[
     return "\n".join(lines)
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+def _damaged(path: Path, reader: str, err: Exception, name: str | None) -> WeightsFormatError:
+    size = path.stat().st_size if path.exists() else 0
+    again = f"download it again (`pvrw download {name}`)" if name else "download it again"
+    return WeightsFormatError(
+        f"Could not read weight file {path} ({size:,} bytes): it is truncated, damaged or not a weight file; "
+        f"{again}, or pass the right file. {reader} said: {(str(err) or type(err).__name__).splitlines()[0]}")
+
+
+def read_state_dict(path: str | os.PathLike, name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a weight file (safetensors / ``.pth`` / ``.bin``) or a transformers folder, on CPU, without pickled code.
 
+    :param name: the backbone the file is for, named in the error for a damaged file (how to download it again).
     :return: ``(state_dict, meta)``; ``meta`` holds ``{"config": ...}`` for transformers folders and
         ``{"wrapper": key}`` when the tensors were found under a top-level key such as ``"model"``.
+    :raises WeightsFormatError: a truncated or damaged file, or one that is not a flat dict of tensors.
     """
     path = Path(path)
     meta: dict = {}
@@ -220,14 +230,15 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as err:  # noqa: BLE001 - SafetensorError (header) or OSError, e.g. a cut download
+            raise _damaged(path, "safetensors", err, name) from err
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - turn any unpickling failure into one clear message
-            raise WeightsFormatError(
-                f"Could not read {path} as a tensor checkpoint: the file is damaged or not a weight file (download it "
-                f"again, or pass the right file). torch.load(weights_only=True) said: {err}") from err
+            raise _damaged(path, "torch.load(weights_only=True)", err, name) from err
     for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             meta["wrapper"] = key

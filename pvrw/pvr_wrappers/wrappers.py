@@ -27,7 +27,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from pvrw.pvr_wrappers.frames import FrameLayout, StackEmbedder, random_shift, rgb_layout
-from pvrw.pvr_wrappers.registry import RANDOM, FrozenBackbone, create_backbone, get_backbone_cfg
+from pvrw.pvr_wrappers.registry import FrozenBackbone, create_backbone, get_backbone_cfg
 
 __all__ = ["FrameLayout", "PVRObservation", "VecPVRObservation", "VectorPVRObservation", "random_shift", "rgb_layout"]
 
@@ -60,8 +60,6 @@ def resolve_backbone(backbone: Any, frame_size: tuple[int, int] | None, weights:
         from pvrw.feature_cache import CachedBackbone
 
         backbone = CachedBackbone(backbone, cache)
-    if getattr(backbone, "fingerprint", None) == RANDOM:
-        gym.logger.warn(f"PVR wrapper on backbone {backbone.name!r} with RANDOM weights (smoke tests only).")
     return backbone
 
 

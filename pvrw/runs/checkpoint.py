@@ -91,8 +91,10 @@ def load_checkpoint(algo_class: type, run_dir: RunDir, env: Any, device: str = "
     info = latest_checkpoint(run_dir)
     if info is None:
         raise FileNotFoundError(f"{run_dir.root} has no checkpoint (checkpoints/latest.json)")
+    from pvrw.drm.saved import check_model_zip, load_replay_buffer_file
+
     path = run_dir.checkpoints / info.dir
-    model = algo_class.load(path / MODEL_FILE, env=env, device=device)
+    model = algo_class.load(check_model_zip(path / MODEL_FILE, algo_class), env=env, device=device)
     if with_buffer and info.has_replay_buffer:
-        model.load_replay_buffer(path / BUFFER_FILE)
+        load_replay_buffer_file(path / BUFFER_FILE, model.load_replay_buffer)  # any algorithm: damaged = one line
     return model, info

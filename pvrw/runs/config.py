@@ -157,7 +157,7 @@ class RunConfig:
             raise ConfigError(f"pvr: must be 'none' or a backbone name such as {', '.join(PVRS[1:])}")
         if self.pvr == "none" and self.pvr_kwargs:
             raise ConfigError("pvr_kwargs: given but pvr is 'none' (pixels); set pvr to a backbone or drop pvr_kwargs")
-        check_algo_kwargs(self.algo_kwargs, self.algo)
+        check_algo_kwargs(self.algo_kwargs, self.algo, self.policy)
         return self
 
 
@@ -188,8 +188,14 @@ def algo_parameters(algo: str) -> set[str]:
     }
 
 
-def check_algo_kwargs(algo_kwargs: dict[str, Any], algo: str) -> None:
-    """Raise :class:`ConfigError` naming the first key of ``algo_kwargs`` that ``algo``'s constructor lacks."""
+def check_algo_kwargs(algo_kwargs: dict[str, Any], algo: str, policy: str | None = None) -> None:
+    """Raise :class:`ConfigError` naming the first key of ``algo_kwargs`` that ``algo``'s constructor lacks, or the
+    first value (``policy_kwargs`` entries included) that does not fit the constructor's type hints.
+
+    :param policy: the run's policy name; ``None`` checks ``policy_kwargs`` against every policy of ``algo``.
+    """
+    from pvrw.runs.config_types import check_kwargs_types
+
     valid = algo_parameters(algo)
     bad = sorted(set(algo_kwargs) - valid)
     if bad:
@@ -199,6 +205,14 @@ def check_algo_kwargs(algo_kwargs: dict[str, Any], algo: str) -> None:
             f"algo_kwargs.{bad[0]}: not an argument of {_class_name(algo)}{hint}; "
             f"valid keys: {', '.join(sorted(valid))}"
         )
+    algo_class = load_algo_class(algo)
+    problem = check_kwargs_types(algo_kwargs, [algo_class])
+    if problem is None and isinstance(algo_kwargs.get("policy_kwargs"), dict):
+        aliases = getattr(algo_class, "policy_aliases", {})
+        policies = [aliases[policy]] if policy in aliases else list(aliases.values()) if policy is None else []
+        problem = check_kwargs_types(algo_kwargs["policy_kwargs"], policies, prefix="policy_kwargs.")
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 TOP_LEVEL_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -272,7 +286,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], algo: str) 
                 f"{key}: unknown config key{hint}; use a run key ({', '.join(TOP_LEVEL_KEYS)}) "
                 f"or an argument of {_class_name(algo)} ({', '.join(sorted(algo_parameters(algo)))})"
             )
-    check_algo_kwargs(data["algo_kwargs"], algo)  # here, so that the error names the layer that set the key
+    check_algo_kwargs(data["algo_kwargs"], algo, data.get("policy"))  # here, so the error names the layer
     return data
 
 
@@ -299,6 +313,7 @@ def build_config(
     *layers: dict[str, Any] | None,
     preset: str | None = None,
     layer_names: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> RunConfig:
     """Resolve a :class:`RunConfig` from defaults, an optional preset, then each layer in order (later wins).
 
@@ -306,6 +321,8 @@ def build_config(
     Bare algorithm arguments are checked against the algorithm the layers finally select.
 
     :param layer_names: where each layer came from (e.g. the config file's path), to prefix its errors.
+    :param notes: if given, a sentence is appended for each value pvrw chose (a preset's resolution moved to the
+        nearest side the backbone takes, when no layer sets the resolution).
     """
     names = list(layer_names or [])
     named: list[tuple[str | None, dict[str, Any]]] = []
@@ -327,10 +344,34 @@ def build_config(
             data = apply_overrides(data, layer, algo)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err}" if name else str(err)) from None
+    own_side = any("resolution" in layer for _, layer in named[1:])
+    if preset is not None and "resolution" in PRESETS[preset] and not own_side:
+        note = _fit_preset_resolution(data, preset)
+        if note and notes is not None:
+            notes.append(note)
     try:
         return RunConfig(**data).validate()
     except TypeError as err:  # a value of the wrong type reached a dataclass field
         raise ConfigError(str(err)) from None
+
+
+def _fit_preset_resolution(data: dict[str, Any], preset: str) -> str | None:
+    """Move a preset's resolution to the nearest side the run's backbone takes; return what was done, if anything."""
+    if data.get("pvr") in (None, "none"):
+        return None
+    from pvrw.pvr_wrappers import get_backbone_cfg, list_backbones
+
+    if data["pvr"] not in list_backbones():
+        return None  # reported by the run's checks
+    cfg = get_backbone_cfg(data["pvr"])
+    side = data["resolution"]
+    try:
+        cfg.check_resolution(side)
+        return None
+    except ValueError:
+        data["resolution"] = cfg.nearest_side(side)
+    return (f"preset {preset}: resolution {data['resolution']}, the side nearest to {side} that {cfg.name} takes "
+            f"({cfg.side_rule})")
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

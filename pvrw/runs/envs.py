@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def _gymnasium_env(config: RunConfig, seed: int, needs_frames: bool) -> gym.Env:
     try:
         env = gym.make(config.env, **kwargs)
     except gym.error.Error as err:
-        raise ConfigError(f"env: cannot make {config.env!r}: {err}") from None
+        raise _unknown_env(config.env, err) from None
     except TypeError as err:
         raise ConfigError(f"env_kwargs: {err}") from None
     env.reset(seed=seed)
@@ -108,17 +109,78 @@ def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
     if config.pvr == "none":
         return None
-    from pvrw.pvr_wrappers import create_backbone
+    from pvrw.pvr_wrappers import WeightsFormatError, create_backbone
+
+    _check_backbone(config)
+    try:
+        return create_backbone(
+            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
+        )
+    except WeightsFormatError:  # a damaged or wrong weight file: its own message names the file and the fix
+        raise
+    except ValueError as err:  # e.g. a resolution the backbone cannot take
+        raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+
+
+def _unknown_env(env_id: str, err: Exception) -> ConfigError:
+    """The error for a Gymnasium id that does not exist; a bare Meta-World task name gets its ``metaworld/`` id."""
+    from pvrw.pvr_wrappers.metaworld_env import parse_metaworld_id
+
+    try:
+        parse_metaworld_id(env_id)
+    except ValueError as metaworld:  # "'push-v3' is a Meta-World task: write it as 'metaworld/push-v3'"
+        return ConfigError(f"env: {metaworld}")
+    return ConfigError(f"env: cannot make {env_id!r}: {err}")
+
+
+def _check_backbone(config: RunConfig) -> None:
+    """The backbone's name, weights path and input side, checked without building it."""
+    from pvrw.pvr_wrappers import get_backbone_cfg
 
     check_backbone_name(config.pvr)
     if config.weights not in (None, "random") and not Path(config.weights).exists():
         raise ConfigError(f"weights: {config.weights} does not exist; give a weight file or folder, or 'random'")
     try:
-        return create_backbone(
-            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
-        )
-    except ValueError as err:  # e.g. a resolution the backbone cannot take
-        raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+        get_backbone_cfg(config.pvr).check_resolution(config.resolution)
+    except ValueError as err:
+        raise ConfigError(f"resolution: {err}") from None
+
+
+def check_run_setup(config: RunConfig) -> RunConfig:
+    """Check what a run needs before anything is created or built: the task id, the rendering backend and image
+    side (Meta-World), the backbone, its weights path and input side, and the device.
+
+    :raises ConfigError: naming the key to fix. :raises GLBackendError: MuJoCo cannot render here.
+    :return: ``config``
+    """
+    resolve_device(config.device)
+    if config.is_metaworld:
+        from pvrw.pvr_wrappers.metaworld_env import MAX_RESOLUTION, MIN_RESOLUTION, parse_metaworld_id
+
+        try:
+            parse_metaworld_id(config.env)
+        except ValueError as err:
+            raise ConfigError(f"env: {err}") from None
+        if not MIN_RESOLUTION <= config.resolution <= MAX_RESOLUTION:
+            raise ConfigError(f"resolution: {config.resolution} px is not supported; use {MIN_RESOLUTION} to "
+                              f"{MAX_RESOLUTION} (the study uses 112 and 224)")
+    else:
+        module, _, env_id = config.env.rpartition(":")  # gym.make's "module:Env-v0" imports module first
+        try:
+            if module:
+                importlib.import_module(module)
+            spec = gym.spec(env_id)
+        except ModuleNotFoundError as err:
+            raise ConfigError(f"env: cannot import {module!r} for {config.env!r}: {err}") from None
+        except gym.error.Error as err:
+            raise _unknown_env(config.env, err) from None
+        if "mujoco" in str(spec.entry_point):
+            from pvrw._gl import import_mujoco
+
+            import_mujoco()
+    if config.pvr != "none":
+        _check_backbone(config)
+    return config
 
 
 def check_backbone_name(pvr: str) -> None:

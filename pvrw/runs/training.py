@@ -118,7 +118,9 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
     from pvrw.runs.metrics import MetricsWriter, truncate_metrics
 
-    config.validate()
+    from pvrw.runs.envs import check_run_setup
+
+    check_run_setup(config.validate())  # before the run directory is created
     rd = RunDir(run_dir)
     if rd.config.is_file():
         check_compatible(load_config(rd.config), config, rd.root)
