@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pvrw.pvr_wrappers import PVRObservation, create_backbone, list_backbones
-from pvrw.pvr_wrappers.registry import RandomWeightsWarning
+from pvrw.backbones.registry import RandomWeightsWarning
 
 
 class ReplayEnv(gym.Env):

@@ -28,7 +28,7 @@ import torch
 
 from pvrw.feature_cache import EpisodeWriter, FeatureSpec, FeatureStore
 from pvrw.feature_cache.extraction import extract_features
-from pvrw.pvr_wrappers.registry import create_backbone
+from pvrw.backbones.registry import create_backbone
 
 
 def synthetic_frames(n: int, side: int, seed: int = 0) -> np.ndarray:

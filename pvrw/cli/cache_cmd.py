@@ -81,7 +81,7 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
             make_policy,
             record_episodes,
         )
-        from pvrw.pvr_wrappers.metaworld_env import make_env
+        from pvrw.envs.metaworld import make_env
 
         model, frame_stack = None, 1
         if policy not in ("random", "expert"):
@@ -197,7 +197,7 @@ def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compr
     with _user_errors():
         from pvrw.feature_cache.extraction import extract_features
         from pvrw.feature_cache.recording import EpisodeDataset
-        from pvrw.pvr_wrappers.registry import create_backbone
+        from pvrw.backbones.registry import create_backbone
 
         names = [n.strip() for n in pvr.split(",") if n.strip()]
         if not names:

@@ -6,7 +6,7 @@ fresh random object and goal every episode, the reward summed over repeated step
 stacked on the channel axis with zero padding at reset. What Meta-World 3 gets wrong for pixels is fixed here:
 ``reset(seed=...)`` reseeds (Meta-World ignores it), the first frame after reset shows the new goal (Meta-World
 positions it after the last ``mj_forward``), corner-camera images are upright, and several envs in one process each
-render their own scene (see :mod:`pvrw.pvr_wrappers.env_wrappers`). Facts: ``shared/reference/metaworld.md``.
+render their own scene (see :mod:`pvrw.envs.wrappers`). Facts: ``shared/reference/metaworld.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.wrappers import TimeLimit
 
-from pvrw.pvr_wrappers.env_wrappers import (
+from pvrw.envs.wrappers import (
     RENDER_QUALITIES,
     STACK_INITS,
     ActionRepeat,

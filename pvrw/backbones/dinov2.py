@@ -1,6 +1,6 @@
 """The built-in backbones of the study: ``resnet18`` (PIE-G trunk), ``dinov2``, ``dinov2_reg`` and ``vc1``.
 
-Each entry is a small function registered with :func:`~pvrw.pvr_wrappers.registry.register_backbone`. Facts (layer
+Each entry is a small function registered with :func:`~pvrw.backbones.registry.register_backbone`. Facts (layer
 cuts, token layouts, normalisation, file formats) follow shared/reference/backbones.md.
 
 Position embeddings. Weight files hold the table of the native grid (37x37 for DINOv2, 14x14 for VC-1); the model
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pvrw.pvr_wrappers.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg, register_backbone
-from pvrw.pvr_wrappers.weights import HFFile, WeightsFormatError, WeightSources
+from pvrw.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg, register_backbone
+from pvrw.backbones.weights import HFFile, WeightsFormatError, WeightSources
 
 PIEG_MEAN = (0.5, 0.5, 0.5)  # PIE-G: obs / 255 - 0.5
 PIEG_STD = (1.0, 1.0, 1.0)

@@ -1,7 +1,7 @@
 """A timm-style registry of frozen pretrained visual backbones.
 
 Each entry is a small function returning a :class:`BackboneCfg`, registered with :func:`register_backbone`. The
-built-ins (``resnet18``, ``dinov2``, ``dinov2_reg``, ``vc1``) live in :mod:`pvrw.pvr_wrappers.backbones`; users add
+built-ins (``resnet18``, ``dinov2``, ``dinov2_reg``, ``vc1``) live in :mod:`pvrw.backbones.dinov2`; users add
 their own timm model or torch module with ``register_backbone("name", timm_model=...)`` or ``module=...``.
 
 >>> from pvrw.pvr_wrappers import create_backbone, list_backbones
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pvrw.pvr_wrappers.weights import (
+from pvrw.backbones.weights import (
     WeightSources,
     WeightsFormatError,
     check_state_dict,
@@ -78,8 +78,8 @@ class BackboneCfg:
     :param min_resolution: smallest side allowed.
     :param default_resolution: side used when none is given.
     :param study_resolutions: the sides used by the study (shown by ``pvrw backbones``).
-    :param weights: where the weights come from (:class:`~pvrw.pvr_wrappers.weights.WeightSources`).
-    :param formats: accepted weight-file formats (see :func:`~pvrw.pvr_wrappers.weights.detect_format`); ``"any"``
+    :param weights: where the weights come from (:class:`~pvrw.backbones.weights.WeightSources`).
+    :param formats: accepted weight-file formats (see :func:`~pvrw.backbones.weights.detect_format`); ``"any"``
         accepts any state dict whose keys match the model.
     :param convert_state: ``(state, fmt, meta, model, resolution, **options) -> state`` turning a file's state dict
         into the model's keys (pos-embed resampling included).
@@ -145,7 +145,7 @@ _CFG_CACHE: dict[str, BackboneCfg] = {}
 
 
 def _ensure_builtins() -> None:
-    import pvrw.pvr_wrappers.backbones  # noqa: F401  (registers the built-ins on import)
+    import pvrw.backbones.dinov2  # noqa: F401  (registers the built-ins on import)
 
 
 def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None, /, *, cfg: BackboneCfg | None = None,
@@ -156,9 +156,9 @@ def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None,
     * ``@register_backbone`` over ``def name() -> BackboneCfg`` (timm style; the function name is the registry name);
     * ``register_backbone("name", cfg=BackboneCfg(...))``;
     * ``register_backbone("name", timm_model="convnext_tiny", **kw)``: any timm architecture, pooled features
-      (``num_classes=0``); see :func:`~pvrw.pvr_wrappers.custom_backbones.timm_backbone_cfg` for ``kw``;
+      (``num_classes=0``); see :func:`~pvrw.backbones.custom.timm_backbone_cfg` for ``kw``;
     * ``register_backbone("name", module=my_module_or_factory, output_shape=(512,), **kw)``: a torch module that maps
-      normalised float images to features; see :func:`~pvrw.pvr_wrappers.custom_backbones.module_backbone_cfg`.
+      normalised float images to features; see :func:`~pvrw.backbones.custom.module_backbone_cfg`.
 
     :param overwrite: replace an existing entry of the same name (otherwise a ValueError).
     """
@@ -172,11 +172,11 @@ def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None,
     if cfg is not None:
         entry = lambda: dataclasses.replace(cfg, name=name)  # noqa: E731
     elif timm_model is not None:
-        from pvrw.pvr_wrappers.custom_backbones import timm_backbone_cfg
+        from pvrw.backbones.custom import timm_backbone_cfg
 
         entry = lambda: timm_backbone_cfg(name, timm_model, **kwargs)  # noqa: E731
     else:
-        from pvrw.pvr_wrappers.custom_backbones import module_backbone_cfg
+        from pvrw.backbones.custom import module_backbone_cfg
 
         entry = lambda: module_backbone_cfg(name, module, **kwargs)  # noqa: E731
     entry()  # fail now, not at first use
@@ -390,7 +390,7 @@ def create_backbone(name: str, weights: str | Path | None = None, resolution: in
 
 def weights_status(name: str) -> tuple[Path | None, str]:
     """``(path, "")`` if the backbone's weights resolve offline, else ``(None, error text)``."""
-    from pvrw.pvr_wrappers.weights import WeightsNotFoundError
+    from pvrw.backbones.weights import WeightsNotFoundError
 
     cfg = get_backbone_cfg(name)
     if not cfg.requires_weights:
