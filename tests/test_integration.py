@@ -37,8 +37,8 @@ def pixel_env(resolution=28, steps=10, seed=0, **kwargs):
 def twin():
     """``dinov2_reg`` with one transformer block, registered for this module and removed afterwards."""
     from pvrw.backbones import dinov2 as backbones
-    from pvrw.pvr_wrappers import register_backbone
     from pvrw.backbones.registry import _CFG_CACHE, _REGISTRY
+    from pvrw.pvr_wrappers import register_backbone
 
     register_backbone(TWIN, cfg=backbones.dinov2_reg(depth=1), overwrite=True)
     yield TWIN

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pvrw.pvr_wrappers import PVRObservation, VecPVRObservation, create_backbone
 from pvrw.backbones.registry import RandomWeightsWarning
+from pvrw.pvr_wrappers import PVRObservation, VecPVRObservation, create_backbone
 from pvrw.pvr_wrappers.wrappers import FrameLayout, VectorPVRObservation, random_shift
 
 warnings.filterwarnings("ignore", category=RandomWeightsWarning)

@@ -240,11 +240,11 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
     from click.testing import CliRunner
     from torch import nn
 
+    from pvrw.backbones.registry import create_backbone, register_backbone
     from pvrw.cli import main
     from pvrw.feature_cache.extraction import extract_features
     from pvrw.feature_cache.recording import EpisodeWriter
     from pvrw.feature_cache.store import FeatureStore
-    from pvrw.backbones.registry import create_backbone, register_backbone
     from pvrw.runs.ray_extract import extract_features_ray
 
     rng = np.random.default_rng(0)

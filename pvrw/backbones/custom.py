@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pvrw.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg
+from pvrw.backbones.config import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg
 from pvrw.backbones.weights import HFFile, WeightSources
 
 
