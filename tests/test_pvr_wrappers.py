@@ -270,7 +270,7 @@ def test_sb3_sac_smoke(resnet32):
 
 
 def test_real_make_env_if_available(resnet32):
-    metaworld_env = pytest.importorskip("pvrw.envs.metaworld")
+    metaworld_env = pytest.importorskip("pvrw.envs.factory")
     counting = Counting(resnet32)
     env = PVRObservation(metaworld_env.make_env("metaworld/reach-v3", resolution=32, frame_stack=3, seed=0,
                                                 render_quality="fast", max_episode_steps=5), counting)

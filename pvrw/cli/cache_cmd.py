@@ -81,7 +81,7 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
             make_policy,
             record_episodes,
         )
-        from pvrw.envs.metaworld import make_env
+        from pvrw.envs.factory import make_env
 
         model, frame_stack = None, 1
         if policy not in ("random", "expert"):

@@ -1,5 +1,9 @@
 """Pixel environments: Meta-World 3 set up as in the DrM study, and any Gymnasium env rendered to frames.
 
+``factory.py`` (``make_env``, ``make_vec_env``), ``metaworld.py`` (the Meta-World task: camera, seeding, goals),
+``wrappers.py`` (action repeat, pixel observation, frame stack), ``rendering.py`` (one OpenGL context per MuJoCo env,
+render quality), ``expert.py`` (Meta-World's scripted expert).
+
 Public names are imported lazily from their modules (see ``_LAZY_EXPORTS``): ``import pvrw.envs`` does not import
 MuJoCo or Meta-World.
 """
@@ -9,18 +13,19 @@ from __future__ import annotations
 from pvrw._lazy import lazy_getattr
 
 _LAZY_EXPORTS = {
-    # the factory (make_env, make_vec_env) and the Meta-World task
-    "make_env": "pvrw.envs.metaworld",
-    "make_vec_env": "pvrw.envs.metaworld",
-    "scripted_expert": "pvrw.envs.metaworld",
-    "parse_metaworld_id": "pvrw.envs.metaworld",
-    "benchmark_tasks": "pvrw.envs.metaworld",
+    # the factory (factory.py)
+    "make_env": "pvrw.envs.factory",
+    "make_vec_env": "pvrw.envs.factory",
+    # Meta-World (metaworld.py, expert.py)
     "MetaWorldTask": "pvrw.envs.metaworld",
-    # pixel, action-repeat and frame-stack wrappers; rendering
+    "benchmark_tasks": "pvrw.envs.metaworld",
+    "parse_metaworld_id": "pvrw.envs.metaworld",
+    "scripted_expert": "pvrw.envs.expert",
+    # pixel, action-repeat and frame-stack wrappers (wrappers.py); rendering (rendering.py)
     "ActionRepeat": "pvrw.envs.wrappers",
     "PixelObservation": "pvrw.envs.wrappers",
     "FrameStack": "pvrw.envs.wrappers",
-    "RendererUnavailableError": "pvrw.envs.wrappers",
+    "RendererUnavailableError": "pvrw.envs.rendering",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

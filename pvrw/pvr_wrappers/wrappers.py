@@ -163,7 +163,7 @@ class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
     def _render_frames(self) -> np.ndarray:
         # render_frame makes this env's own GL context current first: with several MuJoCo envs in one process a
         # plain env.render() draws with whichever context was made current last (wrong or black frames).
-        from pvrw.envs.wrappers import render_frame  # imports mujoco: only for source="render"
+        from pvrw.envs.rendering import render_frame  # imports mujoco: only for source="render"
 
         return np.ascontiguousarray(render_frame(self.env).transpose(2, 0, 1)[None])
 
