@@ -77,11 +77,11 @@ def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, a
     """Record frames, actions, rewards, dones and success of a policy to an HDF5 episode dataset."""
     with _user_errors():
         from pvrw.feature_cache.recording import (
-            load_sb3_model,
             make_policy,
             record_episodes,
         )
         from pvrw.envs.factory import make_env
+        from pvrw.runs.models import load_sb3_model
 
         model, frame_stack = None, 1
         if policy not in ("random", "expert"):
