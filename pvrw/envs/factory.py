@@ -99,14 +99,15 @@ def make_env(
     :param seed: seed of the episode sequence (Meta-World: object and goal positions); ``reset(seed=...)`` reseeds.
     :param camera: camera name; ``None`` is ``"corner4"`` for Meta-World (DrM's camera) and the env's default else.
     :param render_quality: ``"full"`` (MuJoCo defaults, as the reference) or ``"fast"`` (no shadows, MSAA or
-        reflections; about 9x faster on a CPU), see :func:`apply_render_quality`. No effect on non-MuJoCo envs.
+        reflections; about 9x faster on a CPU), see :func:`~pvrw.envs.rendering.apply_render_quality`. No effect on
+        non-MuJoCo envs.
     :param max_episode_steps: episode length in agent steps (DrM: 250 = 500 Meta-World steps); ``None``: no extra
         limit. Non-Meta-World envs keep their registered limit (in simulator steps) as well.
     :param stack_init: ``"zeros"`` (DrM's Meta-World wrapper) or ``"repeat"`` (the first frame repeated, DMC-style).
     :param orientation: Meta-World only: ``"upright"`` or ``"legacy"`` (mujoco-py's mirrored view), see
-        :class:`MetaWorldTask`.
+        :class:`~pvrw.envs.metaworld.MetaWorldTask`.
     :param goal_mode: Meta-World only: ``"random"`` (training, DrM) or ``"fixed"`` (evaluation over the 50 MT1
-        configurations in a deterministic cycle), see :class:`MetaWorldTask`.
+        configurations in a deterministic cycle), see :class:`~pvrw.envs.metaworld.MetaWorldTask`.
     :param benchmark_seed: Meta-World only: seed of the 50 MT1 configurations used by ``goal_mode="fixed"``.
     :param reward_function_version: Meta-World only: ``"v2"`` (default) or ``"v1"``.
     :param env_kwargs: passed to the env constructor (Meta-World class or ``gym.make``).

@@ -1,4 +1,4 @@
-"""Pixel environments: Meta-World 3 set up as in the DrM study, and any other Gymnasium env rendered to frames.
+"""Meta-World 3 for pixels, set up as in the DrM study: the task (camera, seeding, goals) and its scripted expert.
 
 ``make_env("metaworld/push-v3")`` gives DrM's Meta-World setting on Meta-World 3 / MuJoCo 3: camera ``corner4`` (DrM's
 ``corner2`` moved to ``(0.75, 0.075, 0.7)``), action repeat 2, 250 agent steps (500 simulator steps) per episode, a
@@ -7,7 +7,8 @@ stacked on the channel axis with zero padding at reset. What Meta-World 3 gets w
 ``reset(seed=...)`` reseeds (Meta-World ignores it), the first frame after reset shows the new goal (Meta-World
 positions it after the last ``mj_forward``), corner-camera images are upright, and several envs in one process each
 render their own scene (see :mod:`pvrw.envs.rendering`). :func:`~pvrw.envs.factory.make_env` builds the whole
-pixel env around :class:`MetaWorldTask`. Facts: ``shared/reference/metaworld.md``.
+pixel env around :class:`MetaWorldTask`; :func:`scripted_expert` acts in it from the simulator state. Facts:
+``shared/reference/metaworld.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import difflib
 import functools
 import re
 import sys
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pvrw._gl
@@ -91,7 +94,7 @@ def benchmark_tasks(task_name: str, benchmark_seed: int = 0) -> tuple[Any, ...]:
 class MetaWorldTask(gym.Wrapper):
     """One Meta-World 3 task, one simulator step per ``step``, the 39-d state as observation, rendering set up.
 
-    Use :func:`make_env` rather than this class directly.
+    Use :func:`~pvrw.envs.factory.make_env` rather than this class directly.
 
     :param task_name: Meta-World task, e.g. ``"push-v3"``.
     :param resolution: rendered image height and width.
@@ -99,7 +102,7 @@ class MetaWorldTask(gym.Wrapper):
     :param orientation: ``"upright"``: the true camera image, rotated by 180 degrees for the corner cameras, which
         are mounted upside down (upright and not mirrored). ``"legacy"``: the vertically flipped image that
         mujoco-py, and so DrM / TD-MPC2, produced; for the corner cameras it is upright but mirrored left-right.
-    :param render_quality: ``"full"`` or ``"fast"``, see :func:`apply_render_quality`.
+    :param render_quality: ``"full"`` or ``"fast"``, see :func:`~pvrw.envs.rendering.apply_render_quality`.
     :param seed: seed of the object/goal sequence and action-space sampling; ``None`` draws one from the OS.
     :param goal_mode: ``"random"``: a fresh random object and goal every episode from the env's seed (DrM).
         ``"fixed"``: cycle deterministically through the 50 fixed configurations of the MT1 benchmark
@@ -206,3 +209,38 @@ class MetaWorldTask(gym.Wrapper):
         elif self.camera in _CORNER_CAMERAS:
             frame = frame[::-1, ::-1]
         return np.ascontiguousarray(frame)
+
+
+def _find_metaworld_task(env: gym.Env) -> MetaWorldTask | None:
+    while env is not None:
+        if isinstance(env, MetaWorldTask):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
+def scripted_expert(env: gym.Env) -> Callable[..., np.ndarray]:
+    """Meta-World's scripted expert (``metaworld.policies``) for a :func:`~pvrw.envs.factory.make_env` Meta-World env.
+
+    The returned callable ignores its argument (pixels) and acts from the env's hidden simulator state, so call it
+    after every ``reset``/``step`` of that env: ``action = expert(obs)``.
+    """
+    task = _find_metaworld_task(env)
+    if task is None:
+        raise ValueError(
+            "scripted_expert needs a single Meta-World env from pvrw.make_env('metaworld/<task>-v3', ...); "
+            f"got {type(env).__name__} (vector envs: use one expert per sub-env)."
+        )
+    from metaworld.policies import ENV_POLICY_MAP
+
+    policy = ENV_POLICY_MAP[task.task_name]()
+
+    def expert(_observation: Any = None) -> np.ndarray:
+        if task.state_observation is None:
+            raise RuntimeError("reset the env before asking the scripted expert for an action.")
+        with warnings.catch_warnings():  # "Constant(s) may be too high": the policies clip on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            action = policy.get_action(task.state_observation)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    return expert

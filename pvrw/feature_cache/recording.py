@@ -255,7 +255,7 @@ def make_policy(policy: str, env: gym.Env, seed: int = 0, model: Any = None) -> 
         space.seed(seed)
         return lambda _obs: space.sample()
     if policy == "expert":
-        from pvrw.envs.expert import scripted_expert
+        from pvrw.envs.metaworld import scripted_expert
 
         return scripted_expert(env)
     if policy == "model":
