@@ -23,8 +23,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from pvrw.backbones.registry import RandomWeightsWarning
 from pvrw.pvr_wrappers import PVRObservation, create_backbone, list_backbones
-from pvrw.pvr_wrappers.registry import RandomWeightsWarning
 
 
 class ReplayEnv(gym.Env):

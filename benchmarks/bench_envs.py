@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import pvrw  # noqa: F401  (chooses the GL backend before mujoco is imported)
-from pvrw.pvr_wrappers.metaworld_env import make_env, make_vec_env
+from pvrw.envs import make_env, make_vec_env
 
 MODES = ("single", "sync", "async")
 

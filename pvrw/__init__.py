@@ -14,16 +14,16 @@ configure_gl_backend()
 __version__ = "0.1.0"
 
 _LAZY_EXPORTS = {
-    "make_env": "pvrw.pvr_wrappers",
-    "make_vec_env": "pvrw.pvr_wrappers",
-    "scripted_expert": "pvrw.pvr_wrappers",
+    "make_env": "pvrw.envs",
+    "make_vec_env": "pvrw.envs",
+    "scripted_expert": "pvrw.envs",
     "PVRObservation": "pvrw.pvr_wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers",
     "VectorPVRObservation": "pvrw.pvr_wrappers",
-    "create_backbone": "pvrw.pvr_wrappers",
-    "list_backbones": "pvrw.pvr_wrappers",
-    "register_backbone": "pvrw.pvr_wrappers",
-    "RandomWeightsWarning": "pvrw.pvr_wrappers",
+    "create_backbone": "pvrw.backbones",
+    "list_backbones": "pvrw.backbones",
+    "register_backbone": "pvrw.backbones",
+    "RandomWeightsWarning": "pvrw.backbones",
     "FeatureStore": "pvrw.feature_cache",
     "DrM": "pvrw.drm",
     "trainable_parameter_counts": "pvrw.drm",

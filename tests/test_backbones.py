@@ -15,8 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pvrw.pvr_wrappers import create_backbone, get_backbone_cfg, list_backbones, register_backbone
-from pvrw.pvr_wrappers.registry import (
+from pvrw.backbones.registry import (
     _CFG_CACHE,
     _REGISTRY,
     BackboneCfg,
@@ -24,7 +23,8 @@ from pvrw.pvr_wrappers.registry import (
     UnknownBackboneError,
     weights_status,
 )
-from pvrw.pvr_wrappers.weights import WeightsFormatError, WeightsNotFoundError
+from pvrw.backbones.weights import WeightsFormatError, WeightsNotFoundError
+from pvrw.pvr_wrappers import create_backbone, get_backbone_cfg, list_backbones, register_backbone
 
 BUILTINS = ["dinov2", "dinov2_reg", "resnet18", "vc1"]
 SMALL = {"resnet18": 32, "dinov2": 28, "dinov2_reg": 28, "vc1": 32}  # smallest sides with a 2x2 patch grid
@@ -183,9 +183,10 @@ DEPTH = 2
 
 @pytest.fixture(scope="module")
 def shallow_twins():
-    from pvrw.pvr_wrappers import backbones
+    from pvrw.backbones.dinov2 import dinov2, dinov2_reg
+    from pvrw.backbones.vc1 import vc1
 
-    names = {"s_dinov2": backbones.dinov2, "s_dinov2_reg": backbones.dinov2_reg, "s_vc1": backbones.vc1}
+    names = {"s_dinov2": dinov2, "s_dinov2_reg": dinov2_reg, "s_vc1": vc1}
     for name, entry in names.items():
         register_backbone(name, cfg=entry(depth=DEPTH), overwrite=True)
     yield
@@ -274,9 +275,9 @@ def test_dinov2_transformers_folder(shallow_twins, hf_dinov2, tmp_path):
 def test_dinov2_meta_and_timm_files_match_timm_loader(shallow_twins, hf_dinov2, tmp_path):
     """Meta-format .pth -> same features as timm's own loader (its checkpoint_filter_fn, timm resampling rule)."""
     import timm
-    from pvrw.pvr_wrappers.backbones import transformers_to_meta
-
     from safetensors.torch import load_file
+
+    from pvrw.backbones.dinov2 import transformers_to_meta
 
     _, folder = hf_dinov2
     meta = transformers_to_meta(load_file(str(folder / "model.safetensors")))
@@ -299,9 +300,9 @@ def test_dinov2_meta_and_timm_files_match_timm_loader(shallow_twins, hf_dinov2, 
 
 def test_dinov2_reg_transformers_and_meta(shallow_twins, hf_dinov2_reg, tmp_path):
     import timm
-    from pvrw.pvr_wrappers.backbones import transformers_to_meta
-
     from safetensors.torch import load_file
+
+    from pvrw.backbones.dinov2 import transformers_to_meta
 
     model, folder = hf_dinov2_reg
     x = torch.from_numpy(frames(2, 28))
@@ -425,7 +426,7 @@ def test_lookup_weights_dir_hf_cache_and_torch_hub(tv_resnet, hf_dinov2, tmp_pat
 
 
 def test_download_without_network_says_so():
-    from pvrw.pvr_wrappers.weights import download_weights
+    from pvrw.backbones.weights import download_weights
 
     with pytest.raises(WeightsNotFoundError, match="network"):
         download_weights("dinov2", get_backbone_cfg("dinov2").weights.__class__(

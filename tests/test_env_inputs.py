@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from pvrw.pvr_wrappers.metaworld_env import make_env, make_vec_env, scripted_expert
+from pvrw.envs import make_env, make_vec_env, scripted_expert
 
 
 class _GradientEnv(gym.Env):

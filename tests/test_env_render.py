@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from pvrw.pvr_wrappers.metaworld_env import make_env
+from pvrw.envs import make_env
 
 RES = 64
 
@@ -115,8 +115,8 @@ def test_renderer_that_cannot_start_names_the_backend():
     """glfw needs a display: without one the first render must fail with a clear, actionable message."""
     code = (
         "import pvrw\n"
-        "from pvrw.pvr_wrappers.metaworld_env import make_env\n"
-        "from pvrw.pvr_wrappers.env_wrappers import RendererUnavailableError\n"
+        "from pvrw.envs import make_env\n"
+        "from pvrw.envs.rendering import RendererUnavailableError\n"
         "env = make_env('metaworld/reach-v3', resolution=16, frame_stack=1, seed=0)\n"
         "try:\n"
         "    env.reset()\n"

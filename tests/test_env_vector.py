@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pvrw.pvr_wrappers.metaworld_env import make_env, make_vec_env
+from pvrw.envs import make_env, make_vec_env
 
 KW = dict(resolution=24, frame_stack=2, render_quality="fast")
 

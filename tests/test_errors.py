@@ -112,14 +112,14 @@ def test_train_refuses_before_creating_anything(tmp_path, args, expected):
 
 
 def test_backbone_refuses_a_huge_side_before_building_it():
-    from pvrw.pvr_wrappers import create_backbone
+    from pvrw.backbones import create_backbone
 
     with pytest.raises(ValueError, match="at most 2048"):  # before: a 156 GB position table
         create_backbone("dinov2", weights="random", resolution=99988)
 
 
 def test_smoke_preset_picks_a_side_the_backbone_takes():
-    from pvrw.pvr_wrappers import get_backbone_cfg
+    from pvrw.backbones import get_backbone_cfg
     from pvrw.runs.config import build_config
 
     notes: list[str] = []
@@ -132,7 +132,7 @@ def test_smoke_preset_picks_a_side_the_backbone_takes():
 
 
 def test_nearest_side():
-    from pvrw.pvr_wrappers import get_backbone_cfg
+    from pvrw.backbones import get_backbone_cfg
 
     dinov2, resnet = get_backbone_cfg("dinov2"), get_backbone_cfg("resnet18")
     assert [dinov2.nearest_side(s) for s in (64, 60, 63, 1, 5000)] == [70, 56, 70, 14, 2044]
@@ -194,7 +194,7 @@ def test_truncated_safetensors_is_a_clear_error(truncated_safetensors):
     import gymnasium as gym
 
     from pvrw import PVRObservation
-    from pvrw.pvr_wrappers import WeightsFormatError
+    from pvrw.backbones import WeightsFormatError
 
     env = gym.make("Pendulum-v1", render_mode="rgb_array")
     with pytest.raises(WeightsFormatError) as info:  # before: safetensors' SafetensorError about a header

@@ -39,7 +39,7 @@ class TinyNet(nn.Module):
 @pytest.fixture(autouse=True)
 def _forget_tiny_backbones():
     """Unregister this module's tiny test backbones afterwards (tests elsewhere list the registry)."""
-    from pvrw.pvr_wrappers import registry
+    from pvrw.backbones import registry
 
     yield
     for name in [n for n in registry._REGISTRY if n.startswith("fc_tiny")]:
@@ -49,7 +49,7 @@ def _forget_tiny_backbones():
 
 def tiny_backbone(seed: int = 0, name: str = "fc_tiny", resolution: int = 16):
     """A real FrozenBackbone from the registry around a seeded TinyNet; counts frames through ``.frames_seen``."""
-    from pvrw.pvr_wrappers.registry import create_backbone, register_backbone
+    from pvrw.backbones.registry import create_backbone, register_backbone
 
     torch.manual_seed(seed)
     register_backbone(name, module=TinyNet(), output_shape=(16,), overwrite=True)

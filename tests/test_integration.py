@@ -21,7 +21,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from pvrw import DrM, DrMReplayBuffer, PVRObservation, VecPVRObservation, make_env, make_vec_env, scripted_expert
-from pvrw.pvr_wrappers.registry import RandomWeightsWarning
+from pvrw.backbones.registry import RandomWeightsWarning
 
 TASK = "metaworld/push-v3"
 TINY = dict(hidden_dim=32, feature_dim=8)
@@ -36,8 +36,9 @@ def pixel_env(resolution=28, steps=10, seed=0, **kwargs):
 @pytest.fixture(scope="module")
 def twin():
     """``dinov2_reg`` with one transformer block, registered for this module and removed afterwards."""
-    from pvrw.pvr_wrappers import backbones, register_backbone
-    from pvrw.pvr_wrappers.registry import _CFG_CACHE, _REGISTRY
+    from pvrw.backbones import dinov2 as backbones
+    from pvrw.backbones.registry import _CFG_CACHE, _REGISTRY
+    from pvrw.pvr_wrappers import register_backbone
 
     register_backbone(TWIN, cfg=backbones.dinov2_reg(depth=1), overwrite=True)
     yield TWIN

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pvrw.pvr_wrappers.metaworld_env import benchmark_tasks, make_env, scripted_expert
+from pvrw.envs import benchmark_tasks, make_env, scripted_expert
 
 FAST = dict(resolution=32, render_quality="fast")
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from pvrw.backbones.registry import RandomWeightsWarning
 from pvrw.pvr_wrappers import PVRObservation, VecPVRObservation, create_backbone
-from pvrw.pvr_wrappers.registry import RandomWeightsWarning
 from pvrw.pvr_wrappers.wrappers import FrameLayout, VectorPVRObservation, random_shift
 
 warnings.filterwarnings("ignore", category=RandomWeightsWarning)
@@ -270,7 +270,7 @@ def test_sb3_sac_smoke(resnet32):
 
 
 def test_real_make_env_if_available(resnet32):
-    metaworld_env = pytest.importorskip("pvrw.pvr_wrappers.metaworld_env")
+    metaworld_env = pytest.importorskip("pvrw.envs.factory")
     counting = Counting(resnet32)
     env = PVRObservation(metaworld_env.make_env("metaworld/reach-v3", resolution=32, frame_stack=3, seed=0,
                                                 render_quality="fast", max_episode_steps=5), counting)

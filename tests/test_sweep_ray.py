@@ -228,7 +228,7 @@ def test_missing_ray_is_a_clear_error(without_ray, tmp_path):
 @pytest.fixture
 def forget_test_backbone():
     """Unregister the tiny test backbone afterwards (tests elsewhere list the registry)."""
-    from pvrw.pvr_wrappers import registry
+    from pvrw.backbones import registry
 
     yield
     registry._REGISTRY.pop("ray_test_tiny", None)
@@ -240,11 +240,11 @@ def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_p
     from click.testing import CliRunner
     from torch import nn
 
+    from pvrw.backbones.registry import create_backbone, register_backbone
     from pvrw.cli import main
     from pvrw.feature_cache.extraction import extract_features
     from pvrw.feature_cache.recording import EpisodeWriter
     from pvrw.feature_cache.store import FeatureStore
-    from pvrw.pvr_wrappers.registry import create_backbone, register_backbone
     from pvrw.runs.ray_extract import extract_features_ray
 
     rng = np.random.default_rng(0)

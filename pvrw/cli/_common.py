@@ -29,7 +29,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except RunDirError as err:  # a run directory in use, or a folder of the user's files
             raise click.ClickException(str(err)) from None
         except FileNotFoundError as err:
-            if type(err).__name__ == "WeightsNotFoundError":  # pvrw.pvr_wrappers.weights, imported only when used
+            if type(err).__name__ == "WeightsNotFoundError":  # pvrw.backbones.weights, imported only when used
                 raise click.ClickException(missing_weights_line(str(err))) from None
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:

@@ -26,7 +26,7 @@ def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None:
     FILTER is a substring or a wildcard pattern (e.g. 'dino*'). Weights are looked up offline in $PVRW_WEIGHTS_DIR,
     the Hugging Face cache and the torch hub cache.
     """
-    from pvrw.pvr_wrappers.registry import get_backbone_cfg, list_backbones, weights_status
+    from pvrw.backbones.registry import get_backbone_cfg, list_backbones, weights_status
 
     names = list_backbones(filter)
     if not names:
@@ -67,8 +67,8 @@ def download(names: tuple[str, ...]) -> None:
     Needs network access. On an offline machine, run this elsewhere and copy the cache (~/.cache/huggingface/hub) or
     the weight file (into $PVRW_WEIGHTS_DIR). Mind the licences: VC-1 weights are CC-BY-NC-4.0 (non-commercial).
     """
-    from pvrw.pvr_wrappers.registry import get_backbone_cfg
-    from pvrw.pvr_wrappers.weights import WeightsNotFoundError, download_weights
+    from pvrw.backbones.registry import get_backbone_cfg
+    from pvrw.backbones.weights import WeightsNotFoundError, download_weights
 
     failed = []
     for name in names:

@@ -76,12 +76,12 @@ def _parse_weights(values: tuple[str, ...], names: list[str]) -> dict[str, str |
 def record(env_id, policy, episodes, resolution, out, seed, max_episode_steps, action_repeat, render_quality, algo):
     """Record frames, actions, rewards, dones and success of a policy to an HDF5 episode dataset."""
     with _user_errors():
+        from pvrw.envs.factory import make_env
         from pvrw.feature_cache.recording import (
-            load_sb3_model,
             make_policy,
             record_episodes,
         )
-        from pvrw.pvr_wrappers.metaworld_env import make_env
+        from pvrw.runs.models import load_sb3_model
 
         model, frame_stack = None, 1
         if policy not in ("random", "expert"):
@@ -195,9 +195,9 @@ def extract(pvr, frames_path, out, weights, batch_size, resolution, dtype, compr
             workers, gpus_per_worker):  # fmt: skip
     """Extract features of every recorded frame for one or more backbones (resumable)."""
     with _user_errors():
+        from pvrw.backbones.registry import create_backbone
         from pvrw.feature_cache.extraction import extract_features
         from pvrw.feature_cache.recording import EpisodeDataset
-        from pvrw.pvr_wrappers.registry import create_backbone
 
         names = [n.strip() for n in pvr.split(",") if n.strip()]
         if not names:

@@ -1,7 +1,8 @@
-"""Frozen pretrained visual representations as Gymnasium wrappers, and Meta-World pixel environments.
+"""Frozen pretrained visual representations as Gymnasium wrappers: PVRObservation and its vector-env variants.
 
-Public names are imported lazily from their modules (see ``_LAZY_EXPORTS``) so that using one part does not pay
-for importing the others.
+The environment factory now lives in :mod:`pvrw.envs` and the backbone registry in :mod:`pvrw.backbones`; their
+names are re-exported here, so code written for earlier versions keeps working. Public names are imported lazily
+from their modules (see ``_LAZY_EXPORTS``) so that using one part does not pay for importing the others.
 """
 
 from __future__ import annotations
@@ -9,24 +10,24 @@ from __future__ import annotations
 from pvrw._lazy import lazy_getattr
 
 _LAZY_EXPORTS = {
-    # Meta-World / Gymnasium pixel environments (metaworld_env.py)
-    "make_env": "pvrw.pvr_wrappers.metaworld_env",
-    "make_vec_env": "pvrw.pvr_wrappers.metaworld_env",
-    "scripted_expert": "pvrw.pvr_wrappers.metaworld_env",
-    # backbone registry (registry.py)
-    "BackboneCfg": "pvrw.pvr_wrappers.registry",
-    "register_backbone": "pvrw.pvr_wrappers.registry",
-    "create_backbone": "pvrw.pvr_wrappers.registry",
-    "list_backbones": "pvrw.pvr_wrappers.registry",
-    "get_backbone_cfg": "pvrw.pvr_wrappers.registry",
-    "FrozenBackbone": "pvrw.pvr_wrappers.registry",
-    "RandomWeightsWarning": "pvrw.pvr_wrappers.registry",
-    "WeightsNotFoundError": "pvrw.pvr_wrappers.weights",
-    "WeightsFormatError": "pvrw.pvr_wrappers.weights",
     # observation wrappers (wrappers.py)
     "PVRObservation": "pvrw.pvr_wrappers.wrappers",
     "VecPVRObservation": "pvrw.pvr_wrappers.wrappers",
     "VectorPVRObservation": "pvrw.pvr_wrappers.wrappers",
+    # re-exported: Meta-World / Gymnasium pixel environments (pvrw.envs)
+    "make_env": "pvrw.envs",
+    "make_vec_env": "pvrw.envs",
+    "scripted_expert": "pvrw.envs",
+    # re-exported: backbone registry (pvrw.backbones)
+    "BackboneCfg": "pvrw.backbones",
+    "register_backbone": "pvrw.backbones",
+    "create_backbone": "pvrw.backbones",
+    "list_backbones": "pvrw.backbones",
+    "get_backbone_cfg": "pvrw.backbones",
+    "FrozenBackbone": "pvrw.backbones",
+    "RandomWeightsWarning": "pvrw.backbones",
+    "WeightsNotFoundError": "pvrw.backbones",
+    "WeightsFormatError": "pvrw.backbones",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

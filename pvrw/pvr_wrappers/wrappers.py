@@ -26,8 +26,8 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from pvrw.backbones.registry import RANDOM, FrozenBackbone, create_backbone, get_backbone_cfg
 from pvrw.pvr_wrappers.frames import FrameLayout, StackEmbedder, random_shift, rgb_layout
-from pvrw.pvr_wrappers.registry import FrozenBackbone, create_backbone, get_backbone_cfg
 
 __all__ = ["FrameLayout", "PVRObservation", "VecPVRObservation", "VectorPVRObservation", "random_shift", "rgb_layout"]
 
@@ -116,7 +116,7 @@ class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
     :param env: a Gymnasium env with uint8 RGB observations, or any env with ``render_mode="rgb_array"`` and
         ``source="render"``.
     :param backbone: a registered name (``"resnet18"``, ``"dinov2"``, ``"dinov2_reg"``, ``"vc1"``...) or a built
-        :class:`~pvrw.pvr_wrappers.registry.FrozenBackbone`.
+        :class:`~pvrw.backbones.registry.FrozenBackbone`.
     :param weights: for a name: ``None`` (offline lookup), a path, or ``"random"`` (smoke tests only).
     :param resolution: side the backbone sees; None uses the frame size (if the architecture allows it).
     :param device: torch device.
@@ -161,7 +161,7 @@ class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
     def _render_frames(self) -> np.ndarray:
         # render_frame makes this env's own GL context current first: with several MuJoCo envs in one process a
         # plain env.render() draws with whichever context was made current last (wrong or black frames).
-        from pvrw.pvr_wrappers.env_wrappers import render_frame  # imports mujoco: only for source="render"
+        from pvrw.envs.rendering import render_frame  # imports mujoco: only for source="render"
 
         return np.ascontiguousarray(render_frame(self.env).transpose(2, 0, 1)[None])
 

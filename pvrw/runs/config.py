@@ -359,7 +359,7 @@ def _fit_preset_resolution(data: dict[str, Any], preset: str) -> str | None:
     """Move a preset's resolution to the nearest side the run's backbone takes; return what was done, if anything."""
     if data.get("pvr") in (None, "none"):
         return None
-    from pvrw.pvr_wrappers import get_backbone_cfg, list_backbones
+    from pvrw.backbones import get_backbone_cfg, list_backbones
 
     if data["pvr"] not in list_backbones():
         return None  # reported by the run's checks

@@ -36,7 +36,7 @@ def resolve_device(device: str) -> str:
 
 
 def _metaworld_env(config: RunConfig, seed: int, evaluation: bool) -> gym.Env:
-    from pvrw.pvr_wrappers import make_env
+    from pvrw.envs import make_env
 
     kwargs: dict[str, Any] = {
         "resolution": config.resolution,
@@ -109,7 +109,7 @@ def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
     if config.pvr == "none":
         return None
-    from pvrw.pvr_wrappers import WeightsFormatError, create_backbone
+    from pvrw.backbones import WeightsFormatError, create_backbone
 
     _check_backbone(config)
     try:
@@ -124,7 +124,7 @@ def make_backbone(config: RunConfig) -> Any:
 
 def _unknown_env(env_id: str, err: Exception) -> ConfigError:
     """The error for a Gymnasium id that does not exist; a bare Meta-World task name gets its ``metaworld/`` id."""
-    from pvrw.pvr_wrappers.metaworld_env import parse_metaworld_id
+    from pvrw.envs.metaworld import parse_metaworld_id
 
     try:
         parse_metaworld_id(env_id)
@@ -135,7 +135,7 @@ def _unknown_env(env_id: str, err: Exception) -> ConfigError:
 
 def _check_backbone(config: RunConfig) -> None:
     """The backbone's name, weights path and input side, checked without building it."""
-    from pvrw.pvr_wrappers import get_backbone_cfg
+    from pvrw.backbones import get_backbone_cfg
 
     check_backbone_name(config.pvr)
     if config.weights not in (None, "random") and not Path(config.weights).exists():
@@ -155,7 +155,8 @@ def check_run_setup(config: RunConfig) -> RunConfig:
     """
     resolve_device(config.device)
     if config.is_metaworld:
-        from pvrw.pvr_wrappers.metaworld_env import MAX_RESOLUTION, MIN_RESOLUTION, parse_metaworld_id
+        from pvrw.envs.factory import MAX_RESOLUTION, MIN_RESOLUTION
+        from pvrw.envs.metaworld import parse_metaworld_id
 
         try:
             parse_metaworld_id(config.env)
@@ -185,7 +186,7 @@ def check_run_setup(config: RunConfig) -> RunConfig:
 
 def check_backbone_name(pvr: str) -> None:
     """Raise :class:`ConfigError` unless ``pvr`` is ``none`` or a registered backbone."""
-    from pvrw.pvr_wrappers import list_backbones
+    from pvrw.backbones import list_backbones
 
     known = list(list_backbones())
     if pvr != "none" and pvr not in known:

@@ -81,7 +81,7 @@ def expand_grid(
 
 def check_grid_names(tasks: list[str], pvrs: list[str]) -> None:
     """Refuse an unknown Meta-World task or backbone before any run starts (not hours into the queue)."""
-    from pvrw.pvr_wrappers.metaworld_env import parse_metaworld_id
+    from pvrw.envs.metaworld import parse_metaworld_id
     from pvrw.runs.envs import check_backbone_name
 
     for task in tasks:

@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pvrw.pvr_wrappers.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg
-from pvrw.pvr_wrappers.weights import HFFile, WeightSources
+from pvrw.backbones.config import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg
+from pvrw.backbones.weights import HFFile, WeightSources
 
 
 def timm_backbone_cfg(name: str, timm_model: str, output_shape: tuple[int, ...] | Callable | None = None,

@@ -1,8 +1,10 @@
 """A timm-style registry of frozen pretrained visual backbones.
 
 Each entry is a small function returning a :class:`BackboneCfg`, registered with :func:`register_backbone`. The
-built-ins (``resnet18``, ``dinov2``, ``dinov2_reg``, ``vc1``) live in :mod:`pvrw.pvr_wrappers.backbones`; users add
-their own timm model or torch module with ``register_backbone("name", timm_model=...)`` or ``module=...``.
+built-ins (``resnet18``, ``dinov2``, ``dinov2_reg``, ``vc1``) live one module per family (:mod:`pvrw.backbones.resnet`,
+:mod:`~pvrw.backbones.dinov2`, :mod:`~pvrw.backbones.vc1`) and register themselves when :mod:`pvrw.backbones` is
+imported, as timm's model modules do; this module imports none of them. Users add their own timm model or torch
+module with ``register_backbone("name", timm_model=...)`` or ``module=...``.
 
 >>> from pvrw.pvr_wrappers import create_backbone, list_backbones
 >>> list_backbones()
@@ -25,8 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pvrw.pvr_wrappers.weights import (
-    WeightSources,
+from pvrw.backbones.config import BackboneCfg
+from pvrw.backbones.custom import module_backbone_cfg, timm_backbone_cfg
+from pvrw.backbones.weights import (
     WeightsFormatError,
     check_state_dict,
     detect_format,
@@ -38,8 +41,6 @@ from pvrw.pvr_wrappers.weights import (
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM = "random"
 RANDOM_INIT_SEED = 0
 
@@ -65,104 +66,8 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
-@dataclasses.dataclass
-class BackboneCfg:
-    """Everything the registry knows about one backbone.
-
-    :param name: registry name.
-    :param architecture: human-readable architecture and layer cut.
-    :param build_model: ``(resolution, **options) -> nn.Module`` with random weights; the module maps normalised
-        float images ``(N,3,R,R)`` to features ``(N,*output_shape)``. If it has a ``weights_module`` attribute,
-        weight files are loaded into that sub-module; a ``drop_unused()`` method is called after loading.
-    :param output_shape: ``(resolution, **options) -> tuple`` per-frame feature shape.
-    :param mean: per-channel mean subtracted after scaling to [0, 1].
-    :param std: per-channel std divided by after that.
-    :param normalisation: short name of the normalisation, for listings and cache keys.
-    :param resolution_multiple: the side must be a multiple of this (the ViT patch size).
-    :param min_resolution: smallest side allowed.
-    :param max_resolution: largest side allowed (rendered frames are at most 2048 px).
-    :param default_resolution: side used when none is given.
-    :param study_resolutions: the sides used by the study (shown by ``pvrw backbones``).
-    :param weights: where the weights come from (:class:`~pvrw.pvr_wrappers.weights.WeightSources`).
-    :param formats: accepted weight-file formats (see :func:`~pvrw.pvr_wrappers.weights.detect_format`); ``"any"``
-        accepts any state dict whose keys match the model.
-    :param convert_state: ``(state, fmt, meta, model, resolution, **options) -> state`` turning a file's state dict
-        into the model's keys (pos-embed resampling included).
-    :param options: option name -> allowed values, the first being the default.
-    :param option_doc: option name -> one-line description.
-    :param requires_weights: False for modules that carry their own weights (``weights=None`` then uses them).
-    :param meta_init: build on the meta device when a weight file will fill every tensor (skips random init);
-        False for modules with non-persistent buffers, which a state dict does not hold.
-    :param description: one line for listings.
-    """
-
-    name: str
-    architecture: str
-    build_model: Callable[..., nn.Module]
-    output_shape: Callable[..., tuple[int, ...]]
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    normalisation: str = "imagenet"
-    resolution_multiple: int = 1
-    min_resolution: int = 1
-    max_resolution: int = 2048
-    default_resolution: int = 224
-    study_resolutions: tuple[int, ...] = (112, 224)
-    weights: WeightSources = dataclasses.field(default_factory=WeightSources)
-    formats: tuple[str, ...] = ("any",)
-    convert_state: Callable[..., dict[str, torch.Tensor]] | None = None
-    options: dict[str, tuple] = dataclasses.field(default_factory=dict)
-    option_doc: dict[str, str] = dataclasses.field(default_factory=dict)
-    requires_weights: bool = True
-    meta_init: bool = True
-    description: str = ""
-
-    def resolve_options(self, **options: Any) -> dict[str, Any]:
-        """Defaults filled in; unknown options or values raise a ValueError that lists the allowed ones."""
-        unknown = set(options) - set(self.options)
-        if unknown:
-            allowed = ", ".join(f"{k}={v}" for k, v in self.options.items()) or "none"
-            raise ValueError(f"Backbone {self.name!r} has no option(s) {sorted(unknown)}; allowed: {allowed}.")
-        resolved = {k: v[0] for k, v in self.options.items()}
-        for key, value in options.items():
-            if value is None:
-                continue
-            if value not in self.options[key]:
-                raise ValueError(f"{self.name}: {key}={value!r} is not one of {self.options[key]}.")
-            resolved[key] = value
-        return resolved
-
-    @property
-    def side_rule(self) -> str:
-        """The input sides this architecture allows, in words (``"a multiple of 14, at least 14"``)."""
-        multiple = f"a multiple of {self.resolution_multiple}, " if self.resolution_multiple > 1 else ""
-        return f"{multiple}at least {self.min_resolution}"
-
-    def check_resolution(self, resolution: int) -> int:
-        """Return ``resolution`` as an int, or raise a ValueError naming the sides this architecture allows."""
-        if int(resolution) != resolution or resolution < self.min_resolution or resolution % self.resolution_multiple:
-            raise ValueError(f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be "
-                             f"{self.side_rule} (e.g. {self.study_resolutions}).")
-        if resolution > self.max_resolution:  # checked before building: a ViT's position table grows with the side
-            raise ValueError(f"Backbone {self.name!r} cannot run at {resolution}x{resolution}: the side must be at "
-                             f"most {self.max_resolution} (e.g. {self.study_resolutions}).")
-        return int(resolution)
-
-    def nearest_side(self, side: int) -> int:
-        """The allowed side (:attr:`side_rule`) nearest to ``side``; the larger one on a tie."""
-        step = self.resolution_multiple
-        first, last = -(-self.min_resolution // step) * step, self.max_resolution // step * step
-        below = max(first, side // step * step)
-        above = below + step if below < side else below
-        return min(below if side - below < above - side else above, last)
-
-
 _REGISTRY: dict[str, Callable[[], BackboneCfg]] = {}
 _CFG_CACHE: dict[str, BackboneCfg] = {}
-
-
-def _ensure_builtins() -> None:
-    import pvrw.pvr_wrappers.backbones  # noqa: F401  (registers the built-ins on import)
 
 
 def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None, /, *, cfg: BackboneCfg | None = None,
@@ -173,9 +78,9 @@ def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None,
     * ``@register_backbone`` over ``def name() -> BackboneCfg`` (timm style; the function name is the registry name);
     * ``register_backbone("name", cfg=BackboneCfg(...))``;
     * ``register_backbone("name", timm_model="convnext_tiny", **kw)``: any timm architecture, pooled features
-      (``num_classes=0``); see :func:`~pvrw.pvr_wrappers.custom_backbones.timm_backbone_cfg` for ``kw``;
+      (``num_classes=0``); see :func:`~pvrw.backbones.custom.timm_backbone_cfg` for ``kw``;
     * ``register_backbone("name", module=my_module_or_factory, output_shape=(512,), **kw)``: a torch module that maps
-      normalised float images to features; see :func:`~pvrw.pvr_wrappers.custom_backbones.module_backbone_cfg`.
+      normalised float images to features; see :func:`~pvrw.backbones.custom.module_backbone_cfg`.
 
     :param overwrite: replace an existing entry of the same name (otherwise a ValueError).
     """
@@ -189,12 +94,8 @@ def register_backbone(fn_or_name: Callable[[], BackboneCfg] | str | None = None,
     if cfg is not None:
         entry = lambda: dataclasses.replace(cfg, name=name)  # noqa: E731
     elif timm_model is not None:
-        from pvrw.pvr_wrappers.custom_backbones import timm_backbone_cfg
-
         entry = lambda: timm_backbone_cfg(name, timm_model, **kwargs)  # noqa: E731
     else:
-        from pvrw.pvr_wrappers.custom_backbones import module_backbone_cfg
-
         entry = lambda: module_backbone_cfg(name, module, **kwargs)  # noqa: E731
     entry()  # fail now, not at first use
     return _add(name, entry, overwrite)
@@ -210,7 +111,6 @@ def _add(name: str, entry: Callable[[], BackboneCfg], overwrite: bool):
 
 def list_backbones(filter: str = "") -> list[str]:  # noqa: A002 - timm's name for it
     """Sorted registered names; ``filter`` is a substring or an fnmatch pattern (``"dino*"``)."""
-    _ensure_builtins()
     if any(c in filter for c in "*?["):
         return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, filter))
     return sorted(n for n in _REGISTRY if filter in n)
@@ -218,7 +118,6 @@ def list_backbones(filter: str = "") -> list[str]:  # noqa: A002 - timm's name f
 
 def get_backbone_cfg(name: str) -> BackboneCfg:
     """The :class:`BackboneCfg` of a registered backbone; an unknown name raises :class:`UnknownBackboneError`."""
-    _ensure_builtins()
     if name not in _REGISTRY:
         close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -406,7 +305,7 @@ def create_backbone(name: str, weights: str | Path | None = None, resolution: in
 
 def weights_status(name: str) -> tuple[Path | None, str]:
     """``(path, "")`` if the backbone's weights resolve offline, else ``(None, error text)``."""
-    from pvrw.pvr_wrappers.weights import WeightsNotFoundError
+    from pvrw.backbones.weights import WeightsNotFoundError
 
     cfg = get_backbone_cfg(name)
     if not cfg.requires_weights:
