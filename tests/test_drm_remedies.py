@@ -160,7 +160,8 @@ def test_each_option_is_logged(tmp_path):
                 "critic_dormant_ratio/Q2.4", "value_dormant_ratio/trunk.0", "n_redo", "redo_recycled_actor",
                 "redo_recycled_critic", "n_resets", "last_reset_step"):  # fmt: skip
         assert last.get(f"train/{key}") not in (None, ""), key
-    assert len(model.redo_events) == model._n_updates // 5 and 1 <= float(last["train/n_redo"]) <= len(model.redo_events)
+    assert len(model.redo_events) == model._n_updates // 5
+    assert 1 <= float(last["train/n_redo"]) <= len(model.redo_events)
     assert [e["update"] for e in model.redo_events] == list(range(5, model._n_updates + 1, 5))
     assert float(last["train/n_resets"]) == 1 and float(last["train/last_reset_step"]) == model.resets[0]["step"]
     assert set(model.dormant_ratios) == {"actor", "critic", "value"}

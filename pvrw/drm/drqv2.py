@@ -76,7 +76,8 @@ class DrQv2Variant:
             next_obs = policy.encode(replay_data.next_observations, augment=True)
         self.dormant_ratio = dormant_ratio(policy.actor, obs.detach(), threshold=self.dormant_threshold)
         std = self.exploration_std(step)
-        metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std, batch_reward=replay_data.rewards.mean().item())
+        metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std)
+        metrics["batch_reward"] = replay_data.rewards.mean().item()
         metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions))  # type: ignore[attr-defined]
         metrics.update(self._update_critic(obs, next_obs, replay_data, std, 0.0))  # type: ignore[attr-defined]
         metrics.update(self._update_actor(obs.detach(), std))  # type: ignore[attr-defined]

@@ -86,4 +86,7 @@ def trainable_parameter_counts(
             feature_dim,
             hidden_dim,
         )
-    return _counts({name: None if variant == "drqv2" and name == "value_net" else net for name, net in networks.items()})
+    modules = dict(networks.items())
+    if variant == "drqv2":
+        modules["value_net"] = None
+    return _counts(modules)

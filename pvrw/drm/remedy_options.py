@@ -104,7 +104,9 @@ class DormantRemedies:
                 metrics[f"{name}_dormant_ratio"] = ratio
             metrics.update({f"{name}_dormant_ratio/{layer}": value for layer, value in layers.items()})
         self.dormant_ratios = {"actor": self.dormant_ratio}
-        self.dormant_ratios.update({n: metrics[f"{n}_dormant_ratio"] for n in NETWORKS if f"{n}_dormant_ratio" in metrics})
+        for name in NETWORKS:
+            if f"{name}_dormant_ratio" in metrics:
+                self.dormant_ratios[name] = metrics[f"{name}_dormant_ratio"]
         return metrics
 
     # --- events (called by DrM.train) -------------------------------------------------------------------------

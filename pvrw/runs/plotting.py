@@ -1,4 +1,5 @@
-"""The study's figures: mean over seeds with a shaded +-std band, against frames, one line per variant.
+"""The study's figures: one line per variant against frames, mean over seeds with a shaded +-std band (the study's)
+or the IQM with a 95 % stratified-bootstrap band (:mod:`pvrw.runs.statistics`), optionally each seed's own panel.
 
 Runs are grouped by their resolved config minus the seed (:meth:`RunConfig.group_key`), so two runs only
 average together when they were trained identically. Evaluation rows are plotted when a run has them,
@@ -19,6 +20,7 @@ import numpy as np
 from pvrw.runs.config import RunConfig, load_config
 from pvrw.runs.layout import RunDir, atomic_write_bytes
 from pvrw.runs.metrics import read_metrics
+from pvrw.runs.statistics import REPS, aggregate_curves
 
 #: (metrics column, axis label) of the figure's columns
 PANELS: tuple[tuple[str, str], ...] = (
@@ -26,6 +28,23 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("success", "success rate (any step)"),
     ("dormant_ratio", "actor dormant ratio"),
 )
+#: ``--success`` choices -> (metrics column, label): any step of the episode (the DrM code's, Meta-World's official
+#: criterion) or its final step (the study's text)
+SUCCESS: dict[str, tuple[str, str]] = {
+    "any-step": ("success", "success rate (any step)"),
+    "final-step": ("success_final", "success rate (final step)"),
+}
+STAT_NOTES = {
+    "mean-std": "mean over seeds, band +-1 std",
+    "iqm": "IQM over seeds, band 95% stratified-bootstrap CI",
+}
+
+
+def panels(success: str = "any-step") -> tuple[tuple[str, str], ...]:
+    """The figure's columns with the chosen success definition."""
+    if success not in SUCCESS:
+        raise ValueError(f"unknown success definition {success!r}; choose one of {', '.join(SUCCESS)}")
+    return tuple(SUCCESS[success] if column == "success" else (column, label) for column, label in PANELS)
 
 
 @dataclass
@@ -85,17 +104,8 @@ def mean_std(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
     Each curve is interpolated onto the union of all frames, within its own range only (no extrapolation).
     :return: ``(frames, mean, std, count)`` where ``count`` is how many seeds cover each frame.
     """
-    grid = np.unique(np.concatenate([x for x, _ in curves]))
-    values = np.full((len(curves), len(grid)), np.nan)
-    for i, (x, y) in enumerate(curves):
-        inside = (grid >= x.min()) & (grid <= x.max())
-        values[i, inside] = np.interp(grid[inside], x, y)
-    count = np.sum(~np.isnan(values), axis=0)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # columns no seed covers: NaN, on purpose
-        mean = np.nanmean(values, axis=0)
-        std = np.nanstd(values, axis=0)
-    return grid, mean, std, count
+    grid, mean, low, _, count = aggregate_curves(curves, "mean-std")
+    return grid, mean, mean - low, count
 
 
 def _curve(run: RunCurves, column: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -107,8 +117,23 @@ def _curve(run: RunCurves, column: str) -> tuple[np.ndarray, np.ndarray] | None:
     return x[order], y[order]
 
 
-def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, title: str | None = None) -> Path:
-    """Plot runs (one line per config group, mean +-std over seeds) to ``out`` (png, pdf, svg...)."""
+def plot_runs(
+    run_dirs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    title: str | None = None,
+    stat: str = "mean-std",
+    success: str = "any-step",
+    per_seed: bool = False,
+    reps: int = REPS,
+) -> Path:
+    """
+    Plot runs, one line per config group, to ``out`` (png, pdf, svg...).
+
+    :param stat: ``"mean-std"`` (mean, band +-1 std over seeds) or ``"iqm"`` (IQM, band 95 % stratified-bootstrap CI)
+    :param success: ``"any-step"`` or ``"final-step"`` success (metrics columns ``success`` / ``success_final``)
+    :param per_seed: add one panel per seed and group below: its success and dormant ratio (the study's Figure 5)
+    :param reps: bootstrap re-draws per point of an IQM band
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,32 +142,35 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, title: 
     runs = [load_run(d) for d in run_dirs]
     groups = group_runs(runs)
     envs = sorted({g.env for g in groups})
-    panels = [p for p in PANELS if any(_curve(r, p[0]) for g in groups for r in g.runs)] or [PANELS[0]]
-    fig, axes = plt.subplots(
-        len(envs), len(panels), figsize=(4.2 * len(panels), 3.2 * len(envs)), squeeze=False, constrained_layout=True
-    )
+    columns = panels(success)
+    shown = [p for p in columns if any(_curve(r, p[0]) for g in groups for r in g.runs)] or [columns[0]]
+    seeds = max(len(g.runs) for g in groups) if per_seed else 0
+    width = max(len(shown), min(seeds, 5))
+    height = 3.2 * len(envs) + (2.8 * len(groups) * -(-seeds // 5) if per_seed else 0)
+    fig = plt.figure(figsize=(4.2 * width, height), constrained_layout=True)
+    if per_seed:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[3.2 * len(envs), height - 3.2 * len(envs)])
+    else:
+        top, bottom = fig, None
+    axes = top.subplots(len(envs), len(shown), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for row, env in enumerate(envs):
-        for col, (column, label) in enumerate(panels):
+        for col, (column, label) in enumerate(shown):
             ax = axes[row][col]
             for i, group in enumerate(g for g in groups if g.env == env):
                 curves = [c for c in (_curve(r, column) for r in group.runs) if c is not None]
                 if not curves:
                     continue
-                frames, mean, std, _ = mean_std(curves)
+                frames, center, low, high, _ = aggregate_curves(curves, stat, reps=reps)
                 color = colors[i % len(colors)]
-                ax.plot(frames, mean, color=color, label=f"{group.label} (n={len(group.runs)})")
-                ax.fill_between(frames, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-            ax.set_xlabel("frames")
+                ax.plot(frames, center, color=color, label=f"{group.label} (n={len(group.runs)})")
+                ax.fill_between(frames, low, high, color=color, alpha=0.2, linewidth=0)
             kinds = {r.kind for g in groups for r in g.runs if g.env == env}
-            ax.set_ylabel(label if kinds == {"eval"} else f"{label} ({'/'.join(sorted(kinds))})")
-            ax.set_title(env, fontsize=9)
-            ax.grid(alpha=0.3)
-            if column.startswith("success") or column == "dormant_ratio":
-                ax.set_ylim(-0.02, 1.02)
+            _style(ax, column, label if kinds == {"eval"} else f"{label} ({'/'.join(sorted(kinds))})", env)
         axes[row][0].legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title)
+    if bottom is not None:
+        _per_seed_panels(bottom, groups, success, colors)
+    fig.suptitle(f"{title + ': ' if title else ''}{STAT_NOTES[stat]}", fontsize=10)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -150,3 +178,42 @@ def plot_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, title: 
     plt.close(fig)
     atomic_write_bytes(out, buffer.getvalue())
     return out
+
+
+def _style(ax: Any, column: str, label: str, title: str) -> None:
+    ax.set_xlabel("frames")
+    ax.set_ylabel(label)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if column.startswith("success") or column == "dormant_ratio":
+        ax.set_ylim(-0.02, 1.02)
+
+
+def _per_seed_panels(subfig: Any, groups: list[Group], success: str, colors: list[str]) -> None:
+    """One panel per run: its success and actor dormant ratio (both in [0, 1]); its reward when it has neither."""
+    per_row = 5
+    rows = [(g, g.runs[i : i + per_row]) for g in groups for i in range(0, len(g.runs), per_row)]
+    axes = subfig.subplots(len(rows), per_row, squeeze=False)
+    success_column, success_label = SUCCESS[success]
+    for row, (group, runs) in enumerate(rows):
+        for col in range(per_row):
+            ax = axes[row][col]
+            if col >= len(runs):
+                ax.axis("off")
+                continue
+            run = sorted(runs, key=lambda r: r.config.seed)[col]
+            drawn = False
+            for column, label, style in ((success_column, success_label, "-"), ("dormant_ratio", "dormant ratio", "--")):
+                curve = _curve(run, column)
+                if curve is not None:
+                    ax.plot(*curve, style, color=colors[0 if style == "-" else 3], label=label)
+                    drawn = True
+            if drawn:
+                _style(ax, "success", "rate / ratio", f"{group.label} seed {run.config.seed}")
+            else:
+                curve = _curve(run, "reward")
+                if curve is not None:
+                    ax.plot(*curve, color=colors[0], label="reward")
+                _style(ax, "reward", "episode reward", f"{group.label} seed {run.config.seed}")
+            if col == 0:
+                ax.legend(fontsize=7, loc="best")
