@@ -192,7 +192,8 @@ def _style(ax: Any, column: str, label: str, title: str) -> None:
 def _per_seed_panels(subfig: Any, groups: list[Group], success: str, colors: list[str]) -> None:
     """One panel per run: its success and actor dormant ratio (both in [0, 1]); its reward when it has neither."""
     per_row = 5
-    rows = [(g, g.runs[i : i + per_row]) for g in groups for i in range(0, len(g.runs), per_row)]
+    by_seed = [(g, sorted(g.runs, key=lambda r: r.config.seed)) for g in groups]
+    rows = [(g, runs[i : i + per_row]) for g, runs in by_seed for i in range(0, len(runs), per_row)]
     axes = subfig.subplots(len(rows), per_row, squeeze=False)
     success_column, success_label = SUCCESS[success]
     for row, (group, runs) in enumerate(rows):
@@ -201,12 +202,12 @@ def _per_seed_panels(subfig: Any, groups: list[Group], success: str, colors: lis
             if col >= len(runs):
                 ax.axis("off")
                 continue
-            run = sorted(runs, key=lambda r: r.config.seed)[col]
+            run = runs[col]
             drawn = False
-            for column, label, style in ((success_column, success_label, "-"), ("dormant_ratio", "dormant ratio", "--")):
+            for column, label, color in ((success_column, success_label, 0), ("dormant_ratio", "dormant ratio", 3)):
                 curve = _curve(run, column)
                 if curve is not None:
-                    ax.plot(*curve, style, color=colors[0 if style == "-" else 3], label=label)
+                    ax.plot(*curve, "--" if color else "-", color=colors[color], label=label)
                     drawn = True
             if drawn:
                 _style(ax, "success", "rate / ratio", f"{group.label} seed {run.config.seed}")
