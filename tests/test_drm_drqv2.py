@@ -101,5 +101,7 @@ def test_no_value_net_no_perturbation_no_awakening_and_save_load(tmp_path):
     loaded = DrM.load(tmp_path / "drqv2", env=feature_env())
     assert loaded.variant == "drqv2" and loaded.value_net is None
     loaded.learn(20, reset_num_timesteps=False)
+    with pytest.raises(RuntimeError, match="no perturbation"):
+        model.perturb()
     with pytest.raises(ValueError, match="contradicts"):
         DrM("MlpPolicy", feature_env(), variant="drqv2", policy_kwargs={"variant": "drm_mw"})

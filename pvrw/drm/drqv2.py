@@ -6,7 +6,9 @@ schedule at the agent step (``linear(1.0,0.1,500000)``, the DMC "medium" value, 
 shared with DrM: encoder (or PVR head), actor, critic (MLP Q-heads, ``agents/drm.py``'s, which are DrQ-v2's),
 replay, n = 3, gamma = 0.99, lr 1e-4, batch 256, tau 0.01, one update every 2 agent steps, 2000 exploration steps,
 noise clip 0.3. The actor's dormant ratio is still measured and logged, as the DrM repository's own
-``agents/drqv2.py`` does (threshold 0.025), so that the two agents can be compared on it.
+``agents/drqv2.py`` does (threshold 0.025), so that the two agents can be compared on it. DrM's mechanism arguments
+(``stddev_type``, ``target_dormant_ratio``, ``dormant_temp``, the perturbation and lambda arguments, ``expectile``)
+are ignored; the remedies of :mod:`pvrw.drm.remedies` work as with DrM (the value net aside).
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ class DrQv2Variant:
     def exploitation_lambda(self) -> float:
         """DrQ-v2 has no value net in its target: 0."""
         return 0.0 if self.variant == DRQV2 else super().exploitation_lambda()  # type: ignore[misc]
+
+    def perturb(self) -> float:
+        """DrM's shrink-and-perturb; DrQ-v2 has none."""
+        if self.variant == DRQV2:
+            raise RuntimeError("DrQ-v2 (variant='drqv2') has no perturbation; use variant='drm' or 'drm_mw'")
+        return super().perturb()  # type: ignore[misc]
 
     def _maybe_perturb(self, step: int) -> None:
         if self.variant != DRQV2:
