@@ -14,7 +14,10 @@ from matplotlib.image import imread
 
 from pvrw.cli import main
 from pvrw.drm import DrM, trainable_parameter_counts
-from pvrw.runs.config import load_config
+from pvrw.runs.config import build_config, load_config, save_config
+from pvrw.runs.layout import RunDir
+from pvrw.runs.metrics import MetricsWriter
+from pvrw.runs.plotting import group_runs, load_run
 from pvrw.runs.statistics import aggregate_curves, iqm, spearman, stratified_bootstrap
 
 ENV = "test_runs_tinyenv:TinyState-v0"
@@ -71,6 +74,21 @@ def test_iqm_curves_and_spearman():
     expected = scipy.stats.spearmanr(a, b)
     assert rho == pytest.approx(expected.statistic) and p == pytest.approx(expected.pvalue)
     assert np.isnan(spearman(a, np.ones(5))[0])
+
+
+def test_groups_of_one_variant_are_labelled_by_the_settings_they_differ_in(tmp_path):
+    runs = []
+    for name, seed, extra in (("base", 0, {}), ("redo", 0, {"redo_interval": 1000}),
+                              ("redo_norm", 1, {"redo_interval": 500, "head_norm": True})):  # fmt: skip
+        rd = RunDir(tmp_path / name)
+        rd.root.mkdir()
+        save_config(build_config({"seed": seed, "frames": 1000, **extra}), rd.config)
+        with MetricsWriter(rd.metrics) as writer:
+            writer.write(kind="eval", frames=1000, steps=500, episode=1, reward=1.0, episodes=1)
+        runs.append(load_run(rd.root))
+    labels = sorted(g.label for g in group_runs(runs))
+    assert labels == ["drm/none@112 (defaults)", "drm/none@112 head_norm=True, redo_interval=500",
+                      "drm/none@112 redo_interval=1000"]  # fmt: skip
 
 
 # --- on a local sweep root -----------------------------------------------------------------------------------------

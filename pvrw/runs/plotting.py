@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from pvrw.runs.config import RunConfig, load_config
 from pvrw.runs.layout import RunDir, atomic_write_bytes
@@ -82,19 +82,35 @@ def load_run(run_dir: str | os.PathLike) -> RunCurves:
     return RunCurves(rd.root, config, kind, rows)
 
 
+def _settings(config: RunConfig) -> dict[str, Any]:
+    """A config's training settings as flat ``key: value`` (``algo_kwargs`` entries by their own name)."""
+    flat = yaml.safe_load(config.group_key())
+    for key in ("algo_kwargs", "env_kwargs", "pvr_kwargs"):
+        for name, value in (flat.pop(key) or {}).items():
+            flat[name if key == "algo_kwargs" else f"{key}.{name}"] = value
+    return flat
+
+
 def group_runs(runs: list[RunCurves]) -> list[Group]:
-    """Group runs that differ only by seed; label each group by what differs between groups."""
+    """Group runs that differ only by seed; label each group by what differs between groups.
+
+    Groups of one task with the same ``algo/pvr@resolution`` label get the settings they differ in appended
+    (``drm/none@112 redo_interval=1000``).
+    """
     groups: dict[str, Group] = {}
     for run in runs:
         key = run.config.group_key()
         groups.setdefault(key, Group(label=run.config.variant, env=run.config.env)).runs.append(run)
     result = list(groups.values())
-    # two groups with the same short label differ in some other setting: disambiguate by number
-    seen: dict[tuple[str, str], int] = {}
+    clashes: dict[tuple[str, str], list[Group]] = {}
     for group in result:
-        n = seen[(group.env, group.label)] = seen.get((group.env, group.label), 0) + 1
-        if n > 1:
-            group.label = f"{group.label} (config {n})"
+        clashes.setdefault((group.env, group.label), []).append(group)
+    for same in (g for g in clashes.values() if len(g) > 1):
+        settings = [_settings(g.runs[0].config) for g in same]
+        keys = sorted({k for s in settings for k in s if any(s.get(k) != t.get(k) for t in settings)})
+        for group, setting in zip(same, settings):
+            shown = [f"{k}={setting[k]}" for k in keys if k in setting]
+            group.label = f"{group.label} {', '.join(shown)}" if shown else f"{group.label} (defaults)"
     return result
 
 
