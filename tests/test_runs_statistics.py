@@ -91,6 +91,24 @@ def test_groups_of_one_variant_are_labelled_by_the_settings_they_differ_in(tmp_p
                       "drm/none@112 redo_interval=1000"]  # fmt: skip
 
 
+def test_the_dormant_ratio_before_the_first_update_is_left_out(tmp_path):
+    from pvrw.runs.plotting import _curve
+    from pvrw.runs.table import summarise_run
+
+    rd = RunDir(tmp_path / "run")
+    rd.root.mkdir()
+    save_config(build_config({"frames": 1000, "learning_starts": 50}), rd.config)
+    with MetricsWriter(rd.metrics) as writer:  # DrM reports its initial 1.0 until it updates
+        for steps, ratio in ((50, 1.0), (100, 0.3), (150, 0.2)):
+            writer.write(kind="eval", frames=2 * steps, steps=steps, episode=1, reward=1.0, success=0.5,
+                         dormant_ratio=ratio, episodes=1)  # fmt: skip
+    run = load_run(rd.root)
+    assert _curve(run, "dormant_ratio")[1].tolist() == [0.3, 0.2] and len(_curve(run, "reward")[0]) == 3
+    summary = summarise_run(run, threshold=0.5)
+    assert (summary.peak_dormant, summary.final_dormant, summary.frames_to_threshold) == (0.3, 0.2, 100)
+    assert summary.parameters is None  # no checkpoint
+
+
 # --- on a local sweep root -----------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ otherwise training episodes.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 from dataclasses import dataclass, field
@@ -124,8 +125,20 @@ def mean_std(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
     return grid, mean, mean - low, count
 
 
+def learning_starts(config: RunConfig) -> int:
+    """Agent steps before the first update (the config's ``learning_starts``, else the algorithm's default)."""
+    if "learning_starts" in config.algo_kwargs:
+        return int(config.algo_kwargs["learning_starts"])
+    from pvrw.runs.config import load_algo_class
+
+    default = inspect.signature(load_algo_class(config.algo).__init__).parameters.get("learning_starts")
+    return int(default.default) if default is not None and isinstance(default.default, int) else 0
+
+
 def _curve(run: RunCurves, column: str) -> tuple[np.ndarray, np.ndarray] | None:
-    points = [(r["frames"], r[column]) for r in run.rows if r.get(column) is not None]
+    # Before its first update DrM reports its initial dormant ratio, 1.0, not a measurement: left out.
+    starts = learning_starts(run.config) if column == "dormant_ratio" else -1
+    points = [(r["frames"], r[column]) for r in run.rows if r.get(column) is not None and r["steps"] > starts]
     if not points:
         return None
     x, y = np.array(points, dtype=float).T
@@ -206,7 +219,8 @@ def _style(ax: Any, column: str, label: str, title: str) -> None:
 
 
 def _per_seed_panels(subfig: Any, groups: list[Group], success: str, colors: list[str]) -> None:
-    """One panel per run: its success and actor dormant ratio (both in [0, 1]); its reward when it has neither."""
+    """One panel per run: its success (its reward where it has no success) and its actor dormant ratio (dashed, on
+    a right-hand axis in [0, 1] beside a reward)."""
     per_row = 5
     by_seed = [(g, sorted(g.runs, key=lambda r: r.config.seed)) for g in groups]
     rows = [(g, runs[i : i + per_row]) for g, runs in by_seed for i in range(0, len(runs), per_row)]
@@ -218,19 +232,19 @@ def _per_seed_panels(subfig: Any, groups: list[Group], success: str, colors: lis
             if col >= len(runs):
                 ax.axis("off")
                 continue
-            run = runs[col]
-            drawn = False
-            for column, label, color in ((success_column, success_label, 0), ("dormant_ratio", "dormant ratio", 3)):
-                curve = _curve(run, column)
-                if curve is not None:
-                    ax.plot(*curve, "--" if color else "-", color=colors[color], label=label)
-                    drawn = True
-            if drawn:
-                _style(ax, "success", "rate / ratio", f"{group.label} seed {run.config.seed}")
-            else:
-                curve = _curve(run, "reward")
-                if curve is not None:
-                    ax.plot(*curve, color=colors[0], label="reward")
-                _style(ax, "reward", "episode reward", f"{group.label} seed {run.config.seed}")
-            if col == 0:
-                ax.legend(fontsize=7, loc="best")
+            run, title = runs[col], f"{group.label} seed {runs[col].config.seed}"
+            main, dormant = _curve(run, success_column), _curve(run, "dormant_ratio")
+            column, label = (success_column, success_label) if main is not None else ("reward", "episode reward")
+            main = main if main is not None else _curve(run, column)
+            lines = []
+            if main is not None:
+                lines += ax.plot(*main, color=colors[0], label=label)
+            _style(ax, column, label, title)
+            if dormant is not None:
+                dormant_ax = ax if column != "reward" else ax.twinx()
+                lines += dormant_ax.plot(*dormant, "--", color=colors[3], label="dormant ratio")
+                if dormant_ax is not ax:
+                    dormant_ax.set_ylim(-0.02, 1.02)
+                    dormant_ax.set_ylabel("dormant ratio")
+            if col == 0 and lines:
+                ax.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="best")

@@ -13,7 +13,6 @@ computed over all runs.
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
@@ -25,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from pvrw.runs.checkpoint import MODEL_FILE, latest_checkpoint
-from pvrw.runs.config import load_algo_class
 from pvrw.runs.layout import RunDir
-from pvrw.runs.plotting import SUCCESS, Group, RunCurves
+from pvrw.runs.plotting import SUCCESS, Group, RunCurves, learning_starts
 from pvrw.runs.statistics import REPS, spearman, stratified_bootstrap
 
 
@@ -44,14 +42,6 @@ class RunSummary:
     parameters: int | None
     replay_bytes: float | None
     updates_per_second: float | None
-
-
-def _learning_starts(run: RunCurves) -> int:
-    kwargs = run.config.algo_kwargs
-    if "learning_starts" in kwargs:
-        return int(kwargs["learning_starts"])
-    default = inspect.signature(load_algo_class(run.config.algo).__init__).parameters.get("learning_starts")
-    return int(default.default) if default is not None and isinstance(default.default, int) else 0
 
 
 def _checkpoint_facts(root: Path) -> tuple[int | None, float | None, float | None]:
@@ -101,7 +91,7 @@ def summarise_run(run: RunCurves, success: str = "any-step", threshold: float = 
     last = rows[-1] if rows else {}
     reached = [r["frames"] for r in rows if r.get(column) is not None and r[column] >= threshold]
     has_success = any(r.get(column) is not None for r in rows)
-    starts = _learning_starts(run)
+    starts = learning_starts(run.config)
     dormant = [r["dormant_ratio"] for r in rows if r.get("dormant_ratio") is not None and r["steps"] > starts]
     parameters, replay, speed = _checkpoint_facts(run.root)
     return RunSummary(
