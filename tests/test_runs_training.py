@@ -46,7 +46,7 @@ def test_run_directory_layout_and_rerun_is_a_no_op(tmp_path):
     assert sorted(p.name for p in rd.videos.iterdir()) == ["eval_0000000060.mp4", "eval_0000000120.mp4"]
     latest = json.loads(rd.latest.read_text())
     assert latest["steps"] == 120 and (rd.checkpoints / latest["dir"] / "replay_buffer.pkl").is_file()
-    assert len(list(rd.checkpoints.glob("step_*"))) == 1  # older checkpoints are removed
+    assert [p.name for p in rd.checkpoints.glob("*_*")] == ["frame_0000000120"]  # named in frames, older ones removed
 
     train, evals = read_metrics(rd.metrics, "train"), read_metrics(rd.metrics, "eval")
     assert [r["frames"] for r in train] == list(range(20, 121, 20))  # 20-step episodes
