@@ -235,6 +235,36 @@ def test_a_run_with_step_named_checkpoints_resumes_without_repeating_its_final_e
     assert [r["frames"] for r in read_metrics(rd.metrics, "eval")] == [20, 40]
 
     extended = tiny_config(frames=60, eval_every=20, eval_episodes=1, checkpoint_every=20, video=False)
-    assert run_training(extended, rd.root).frames == 60
+    with pytest.warns(UserWarning, match="holds no random state"):
+        assert run_training(extended, rd.root).frames == 60
     assert [r["frames"] for r in read_metrics(rd.metrics, "eval")] == [20, 40, 60]
     assert sorted(p.name for p in rd.checkpoints.iterdir()) == ["frame_0000000060", "latest.json"]
+
+
+def test_env_random_state_goes_back_into_an_env_built_the_same_way():
+    import functools
+
+    import gymnasium as gym
+    from test_runs_tinyenv import TinyState
+
+    from pvrw.runs.rng_state import env_rng_state, set_env_rng_state
+
+    class LazySpace(TinyState):
+        @functools.cached_property
+        def goal_space(self):  # made on first use, as Meta-World's sawyer_observation_space
+            return gym.spaces.Box(-1, 1, (2,))
+
+    def make():
+        return gym.wrappers.TimeLimit(LazySpace(), 50)
+
+    env = make()
+    env.reset(seed=3)
+    env.unwrapped.goal_space  # noqa: B018  (exists here, not yet in the new env: it was never sampled)
+    env.action_space.seed(4)
+    state = env_rng_state(env)
+    expected = env.reset()[0], env.action_space.sample()
+    new = make()
+    assert set_env_rng_state(new, state)
+    got = new.reset()[0], new.action_space.sample()
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert not set_env_rng_state(gym.wrappers.TimeLimit(TinyState(), 50), state)  # another env class: refused

@@ -20,7 +20,7 @@ from pvrw.runs.evaluation import EvalResult, evaluate
 from pvrw.runs.faults import kill_point
 from pvrw.runs.layout import RUNNING, RunDir, RunStatus
 from pvrw.runs.metrics import MetricsWriter
-from pvrw.runs.rng_state import at_episode_start, capture_run_state
+from pvrw.runs.rng_state import at_episode_start, capture_run_state, records_resets
 
 # where an algorithm may expose the actor's dormant ratio, first found wins
 _DORMANT_ATTRS = ("dormant_ratio", "actor_dormant_ratio")
@@ -137,10 +137,14 @@ class RunCallback(BaseCallback):
         if self.frames >= self._next_eval:
             self.run_evaluation()
             self._next_eval = self._next_multiple(self.frames, self.eval_every)
-        overdue = self.frames >= self._next_checkpoint + self.checkpoint_every  # an episode longer than the period
-        if self.frames >= self._next_checkpoint and (at_episode_start(self.model) or overdue):
+        if self.frames >= self._next_checkpoint and not self._wait_for_episode_end():
             self.checkpoint()
             self._next_checkpoint = self._next_multiple(self.frames, self.checkpoint_every)
+
+    def _wait_for_episode_end(self) -> bool:
+        """Whether a due checkpoint waits: mid-episode, unless it has waited ``checkpoint_every`` frames already."""
+        overdue = self.frames >= self._next_checkpoint + self.checkpoint_every
+        return records_resets(self.model) and not at_episode_start(self.model) and not overdue
 
     def _on_training_end(self) -> None:
         self.close_progress()

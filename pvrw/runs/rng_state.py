@@ -103,25 +103,45 @@ def env_rng_state(env: gym.Env) -> dict[str, Any]:
 
 def set_env_rng_state(env: gym.Env, state: dict[str, Any]) -> bool:
     """Restore what :func:`env_rng_state` captured; ``False`` (nothing restored) if ``env`` is built differently."""
-    found: dict[str, tuple[Any, str, Any]] = {}
-    for index, layer in enumerate(_layers(env)):
-        for attr, value in vars(layer).items():
-            if _kind(value) is not None:
-                found[f"{index}.{type(layer).__name__}.{attr}"] = (layer, attr, value)
-    if {key: _kind(value) for key, (_, _, value) in found.items()} != {key: kind for key, (kind, _) in state.items()}:
+    layers = {f"{index}.{type(layer).__name__}": layer for index, layer in enumerate(_layers(env))}
+    found = {f"{name}.{attr}": value for name, layer in layers.items() for attr, value in vars(layer).items()}
+    found = {key: value for key, value in found.items() if _kind(value) is not None}
+    # Made on first use, a generator (gymnasium's Env._np_random) or a space (a cached property) may exist on one
+    # side only: a generator is set on its layer, a space matters only if it was ever sampled.
+    if any(key not in state and not _unused_space(value) for key, value in found.items()):
         return False
     for key, (kind, saved) in state.items():
-        layer, attr, value = found[key]
+        if key in found:
+            if _kind(found[key]) != kind:
+                return False
+        elif (kind == "space" and not _unsampled(saved)) or key.rpartition(".")[0] not in layers:
+            return False
+    for key, (kind, saved) in state.items():
+        value = found.get(key)
         if kind == "generator":
-            if value.bit_generator.state["bit_generator"] == saved["bit_generator"]:
+            if value is not None and value.bit_generator.state["bit_generator"] == saved["bit_generator"]:
                 value.bit_generator.state = saved  # in place: other references to this generator follow
             else:
-                setattr(layer, attr, _generator_like(saved))
+                name, _, attr = key.rpartition(".")
+                setattr(layers[name], attr, _generator_like(saved))
         elif kind == "random_state":
+            if value is None:
+                name, _, attr = key.rpartition(".")
+                value = np.random.RandomState()
+                setattr(layers[name], attr, value)
             value.set_state(saved)
-        else:
+        elif value is not None:
             set_space_rng_state(value, saved)
     return True
+
+
+def _unsampled(space_state: dict[str, Any]) -> bool:
+    subs = space_state.get("spaces", ())
+    return space_state["rng"] is None and all(map(_unsampled, subs.values() if isinstance(subs, dict) else subs))
+
+
+def _unused_space(value: Any) -> bool:
+    return isinstance(value, gym.spaces.Space) and _unsampled(space_rng_state(value))
 
 
 def _kind(value: Any) -> str | None:
@@ -173,6 +193,12 @@ def at_episode_start(model: Any) -> bool:
     """Whether every training env of ``model`` is at the start of an episode, with the state it started from known."""
     recorders = _reset_recorders(model)
     return recorders is not None and all(r.steps_since_reset == 0 and r.last_reset is not None for r in recorders)
+
+
+def records_resets(model: Any) -> bool:
+    """Whether ``model``'s training envs are ones whose episode-start state a checkpoint can hold (DummyVecEnv of
+    envs wrapped in :class:`RecordResetState`)."""
+    return _reset_recorders(model) is not None
 
 
 def capture_run_state(model: Any, eval_env: gym.Env | None) -> dict[str, Any]:
