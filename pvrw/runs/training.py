@@ -114,7 +114,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     from pvrw.runs.checkpoint import latest_checkpoint, load_checkpoint, load_checkpoint_state
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
     from pvrw.runs.faults import kill_point
-    from pvrw.runs.metrics import MetricsWriter, last_value, read_metrics, truncate_metrics
+    from pvrw.runs.metrics import MetricsWriter, truncate_metrics
     from pvrw.runs.rng_state import RecordResetState, restore_run_state
 
     config.validate()
@@ -144,8 +144,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
             )
             truncate_metrics(rd.metrics, checkpoint.steps, rows=checkpoint.metrics_rows)
             if checkpoint.metrics_rows is None:  # an older checkpoint: its evaluation is the last eval row kept
-                last_eval = last_value(read_metrics(rd.metrics, "eval"), "frames")
-                checkpoint.last_eval_frames = last_eval if last_eval == checkpoint.frames else None
+                checkpoint.last_eval_frames = _evaluated_at(rd, checkpoint.frames)
             episodes, wall_time = checkpoint.episodes, checkpoint.wall_time
         else:
             model = build_model(config, env)
@@ -214,6 +213,13 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         for e in (env, eval_env):
             if e is not None:
                 e.close()
+
+
+def _evaluated_at(rd: RunDir, frames: int) -> int | None:
+    """``frames`` if the last evaluation row of ``metrics.csv`` is at ``frames``, else ``None``."""
+    from pvrw.runs.metrics import last_value, read_metrics
+
+    return frames if last_value(read_metrics(rd.metrics, "eval"), "frames") == frames else None
 
 
 def _final_plot(rd: RunDir) -> None:
