@@ -65,9 +65,13 @@ class CheckpointInfo:
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk (so a power loss cannot leave a renamed but empty checkpoint)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError:
+        if not path.is_dir():  # some filesystems (FUSE, network) cannot sync a directory; its files are synced
+            raise
     finally:
         os.close(fd)
 
