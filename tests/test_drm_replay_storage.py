@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import pickle
 import signal
-import multiprocessing
 import time
 
 import numpy as np

@@ -26,7 +26,8 @@ import re
 import struct
 import weakref
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +55,16 @@ class ArraySpec:
     def file_shape(self) -> tuple[int, ...]:  # noqa: D102
         return (self.shape[1], self.shape[0], *self.shape[2:]) if self.env_major else self.shape
 
-    @property
+    @cached_property
     def nbytes(self) -> int:  # noqa: D102
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
-    @property
+    @cached_property
     def row_bytes(self) -> int:
         """Bytes of one row (index along axis 0, all envs)."""
         return self.nbytes // self.shape[0]
 
-    @property
+    @cached_property
     def chunk_rows(self) -> int:
         """Rows per journal / flush / allocation chunk."""
         return max(1, CHUNK_BYTES // self.row_bytes)
@@ -297,6 +298,10 @@ class DiskArrays:
         spec, journaled = self.specs[name], self.journaled[name]
         if rows is None:
             chunks = np.arange(len(journaled))
+        elif isinstance(rows, int):
+            if journaled[rows // spec.chunk_rows]:
+                return
+            chunks = np.array([rows // spec.chunk_rows])
         else:
             chunks = np.asarray(rows) // spec.chunk_rows
             if journaled[chunks].all():  # the common case: nothing to do
@@ -330,7 +335,7 @@ class DiskArrays:
     # --------------------------------------------------------------------------------------------- checkpoints
     def _write_state(self, directory: Path, generation: int, state: bytes) -> int:
         self.token = os.urandom(8).hex()
-        saved = {"specs": [vars(s) for s in self.specs.values()], "extents": self.extents, "keep": self.keep}
+        saved = {"specs": [asdict(s) for s in self.specs.values()], "extents": self.extents, "keep": self.keep}
         saved.update(state=state, token=self.token)
         data = pickle.dumps(saved, protocol=pickle.HIGHEST_PROTOCOL)
         _atomic_write(directory / _name("state", generation, "pkl"), data)
@@ -370,26 +375,6 @@ class DiskArrays:
                 (self.path / _name("undo", g, "log")).unlink(missing_ok=True)
         self.drop_mappings()
         return generation
-
-    # ------------------------------------------------------------------------------------------------- reads
-    def read_rows(self, name: str, first: np.ndarray, envs: np.ndarray, count: int) -> np.ndarray:
-        """
-        :return: ``(len(first), count, *frame shape)``: ``count`` ring rows from each ``first`` of env ``envs`` of an
-            env-major array, by positional reads (a stack's frames are adjacent) that map no page into the process
-        """
-        spec = self.specs[name]
-        rows, frame_bytes = spec.shape[0], spec.row_bytes // spec.shape[1]
-        out = np.empty((len(first), count, *spec.shape[2:]), dtype=spec.dtype)
-        fd, offset = self._file_fds[name], self.offsets[name]
-        starts = np.asarray(first) % rows
-        bases = offset + np.asarray(envs) * rows * frame_bytes
-        for i in np.argsort(bases + starts * frame_bytes, kind="stable"):
-            start, base = int(starts[i]), int(bases[i])
-            head = min(count, rows - start)
-            os.preadv(fd, [out[i, :head]], base + start * frame_bytes)
-            if head < count:  # the stack wraps around the ring's end
-                os.preadv(fd, [out[i, head:]], base)
-        return out
 
     def drop_mappings(self) -> None:
         """Unmap the pages this process touched (they stay in the page cache): keeps the RSS to the working set."""

@@ -5,7 +5,8 @@
   bookkeeping; unpickling allocates the full capacity again. Pickles written before this (whole arrays) still load.
 - ``storage="disk"``: the arrays live in memory-mapped files under ``path`` (:mod:`pvrw.drm.replay_disk`); Python
   holds only the small state (ring positions, per-env frame counters, open episodes). RAM holds the working set
-  (page cache); sampling reads each stack's frames, adjacent in the file, with positional reads. :meth:`checkpoint`
+  (page cache; the process unmaps what it touched every ``DROP_MAPPINGS_BYTES``, so its RSS stays bounded); a
+  stack's frames are adjacent in the file. :meth:`checkpoint`
   costs the rows written since the previous one. Pickling a disk buffer checkpoints it and writes a reference
   (path, checkpoint number) only, so ``save_replay_buffer`` / ``load_replay_buffer`` work unchanged and resume
   without reading the data. The files are created on first use, so a model built to load a saved buffer
@@ -35,7 +36,8 @@ except ImportError:  # pragma: no cover
 STORAGES = ("memory", "disk")
 ARRAY_NAMES = ("frames", "obs_frame", "actions", "rewards", "dones", "timeouts")
 TRANSITION_ARRAYS = ARRAY_NAMES[1:]
-# unmap the written frames' pages after this many bytes (they stay in the page cache): bounds the RSS between checkpoints
+# unmap the pages of the maps after this many bytes were read or written through them: bounds the RSS (the kernel
+# maps up to 64 kB around each page fault, so the pages mapped can reach about twice this)
 DROP_MAPPINGS_BYTES = 256 << 20
 _OPEN: dict[str, weakref.ref] = {}  # storage directory -> the buffer of this process that has it open
 
@@ -105,7 +107,7 @@ class ReplayStorageMixin:
     def _attach(self, disk: DiskArrays) -> None:
         key = os.path.realpath(disk.path)
         _OPEN[key] = weakref.ref(self)
-        self._disk, self._closed, self._adds_since_drop = disk, False, 0
+        self._disk, self._closed, self._mapped_bytes = disk, False, 0
         self.__dict__.update(disk.arrays)
 
     def _open_storage(self, path: str | os.PathLike, generation: int | None, token: str | None = None) -> None:
@@ -166,10 +168,7 @@ class ReplayStorageMixin:
         self._disk.before_write("frames", rows)
         for name in TRANSITION_ARRAYS:
             self._disk.before_write(name, self.pos)
-        self._adds_since_drop += 1
-        if self._adds_since_drop * self._disk.specs["frames"].row_bytes > DROP_MAPPINGS_BYTES:
-            self._disk.drop_mappings()
-            self._adds_since_drop = 0
+        self._count_mapped(self._disk.specs["frames"].row_bytes)
 
     def _before_fill(self, name: str) -> None:
         """Journal a whole array about to be overwritten (disk storage)."""
@@ -179,10 +178,19 @@ class ReplayStorageMixin:
 
     def _gather_frames(self, first: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
         """:return: ``(B, frame_stack, *frame_shape)`` frames from absolute indices ``first`` of each env"""
-        if self.__dict__.get("_disk") is None:
-            ring = (first[:, None] + np.arange(self.frame_stack)) % self.frame_capacity
-            return self.frames[ring, env_indices[:, None]]
-        return self._disk.read_rows("frames", first, env_indices, self.frame_stack)
+        ring = (first[:, None] + np.arange(self.frame_stack)) % self.frame_capacity
+        frames = self.frames[ring, env_indices[:, None]]
+        if self.__dict__.get("_disk") is not None:
+            self._count_mapped(frames.nbytes)
+        return frames
+
+    def _count_mapped(self, nbytes: int) -> None:
+        # pages read or written through the maps stay in this process's RSS until unmapped (not evicted: they stay in
+        # the page cache); unmap them every DROP_MAPPINGS_BYTES
+        self._mapped_bytes += nbytes
+        if self._mapped_bytes > DROP_MAPPINGS_BYTES:
+            self._disk.drop_mappings()
+            self._mapped_bytes = 0
 
     # ------------------------------------------------------------------------------------------------ pickle
     def _filled_rows(self, name: str) -> int:
