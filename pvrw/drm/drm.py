@@ -19,7 +19,6 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 
 from pvrw.drm.buffers import DrMReplayBuffer
@@ -261,9 +260,6 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         self.critic = self.policy.critic
         self.critic_target = self.policy.critic_target
         self.value_net = self.policy.value_net
-        # BatchNorm running statistics (none in DrM's own networks), copied into the target after each update as TD3
-        self.critic_batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
-        self.critic_batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
 
     # --- acting --------------------------------------------------------------------------------------------------
 
@@ -319,7 +315,6 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             for key, value in self._update(replay_data, self.num_timesteps).items():
                 metrics[key].append(value)
-            polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -385,8 +380,6 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
             "critic",
             "critic_target",
             "value_net",
-            "critic_batch_norm_stats",
-            "critic_batch_norm_stats_target",
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:

@@ -97,7 +97,10 @@ class DrQEncoder(BaseFeaturesExtractor):
         channels, height, width = observation_space.shape
         side_h, side_w = drq_encoder_output_side(height), drq_encoder_output_side(width)
         if side_h < 1 or side_w < 1:
-            raise ValueError(f"Images of {height}x{width} are too small for the DrQ-v2 encoder (need at least 10x10)")
+            raise ValueError(
+                f"Images of {height}x{width} (shape {observation_space.shape}) are too small for the DrQ-v2 encoder "
+                "(need at least 15x15, channel-first: SB3 transposes uint8 images only)"
+            )
         flat_dim = 32 * side_h * side_w
         super().__init__(observation_space, features_dim=flat_dim if features_dim is None else features_dim)
         self.convnet = nn.Sequential(

@@ -296,8 +296,9 @@ class DrMPolicy(BasePolicy):
         Put the policy in training or evaluation mode, as SB3 does: training mode (BatchNorm batch statistics,
         Dropout on) only during gradient steps, evaluation mode while collecting and predicting. The target critic
         always stays in training mode, as in the reference (it never calls ``eval()`` on it, so ``drm_mw``'s dropout
-        is active in the TD target); :class:`~pvrw.drm.drm.DrM` copies the critic's BatchNorm running statistics into
-        it after every update, as SB3's TD3 does.
+        is active in the TD target). A user's BatchNorm or Dropout can only sit in the features extractor (the heads
+        are DrM's), and the extractor has no target copy: the target critic reads the online encoder's features, so
+        TD3's copy of BatchNorm statistics into the targets has nothing to do here.
 
         :param mode: True for training mode
         """
