@@ -62,8 +62,8 @@ def test_drq_encoder_features_dim_projection():
 
 
 def test_nature_cnn_is_the_critic_trained_encoder():
-    model = DrM("CnnPolicy", StackedImageEnv(side=36), seed=0,
-                **fast(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16)))  # fmt: skip
+    policy_kwargs = dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16))
+    model = DrM("CnnPolicy", StackedImageEnv(side=36), seed=0, **fast(**policy_kwargs))
     encoder = model.policy.features_extractor
     assert isinstance(encoder, NatureCNN) and model.policy.actor_features_extractor is None
     model.learn(20)
@@ -137,7 +137,8 @@ def test_multi_input_policy_on_dict_observations(kind):
     model = DrM("MultiInputPolicy", env, seed=0, **FAST)
     assert isinstance(model.policy.features_extractor, DrMCombinedExtractor)
     assert isinstance(model.replay_buffer, DrMDictReplayBuffer) and model.replay_buffer.n_steps == 2
-    assert model.policy.augment == (kind == "pixels") and model.policy.image_keys == ([kind] if kind == "pixels" else [])
+    assert model.policy.image_keys == ([kind] if kind == "pixels" else [])
+    assert model.policy.augment == (kind == "pixels")
     model.learn(40)
     assert model._n_updates > 0
     main = model.replay_buffer.key_buffers[kind]

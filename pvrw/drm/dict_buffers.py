@@ -189,7 +189,9 @@ class DrMDictReplayBuffer(DictReplayBuffer):
             buffer.add(obs[key], next_obs[key], action, reward, done, infos)
         self._sync()
 
-    def sample(self, batch_size: int, env: VecNormalize | None = None) -> DictReplayBufferSamples:  # type: ignore[override]
+    def sample(  # type: ignore[override]
+        self, batch_size: int, env: VecNormalize | None = None
+    ) -> DictReplayBufferSamples:
         """
         :param batch_size: number of transitions
         :param env: VecNormalize env to normalise observations and rewards with, if any
@@ -204,7 +206,8 @@ class DrMDictReplayBuffer(DictReplayBuffer):
         if env_indices is None:
             env_indices = np.random.randint(0, self.n_envs, size=batch_inds.shape)
         primary = self.primary
-        samples = primary._get_samples(batch_inds, None if env is None else _RewardNormalizer(env), env_indices)  # type: ignore[arg-type]
+        reward_env = None if env is None else _RewardNormalizer(env)
+        samples = primary._get_samples(batch_inds, reward_env, env_indices)  # type: ignore[arg-type]
         lengths = primary.window_lengths(batch_inds, env_indices)
         obs, next_obs = {}, {}
         for key, buffer in self.key_buffers.items():

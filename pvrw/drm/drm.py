@@ -240,7 +240,8 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         if drm_buffer and self.optimize_memory_usage:
             self.optimize_memory_usage = False
             if self.verbose >= 1:
-                print(f"{self.replay_buffer_class.__name__} already stores each frame once: optimize_memory_usage=True is a no-op")
+                name = self.replay_buffer_class.__name__
+                print(f"{name} already stores each frame once: optimize_memory_usage=True is a no-op")
         with warnings.catch_warnings():
             if "n_steps" in self.replay_buffer_kwargs:  # configured above or by the user: SB3's warning is spurious
                 warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored")

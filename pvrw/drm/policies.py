@@ -83,7 +83,9 @@ def make_drm_networks(
             encoder=encoder,
             actor=Actor(repr_dim, action_dim, feature_dim, hidden_dim, heads["pi"], activation_fn),
             value_net=ValueNetwork(repr_dim, feature_dim, hidden_dim, heads["vf"], activation_fn),
-            critic=Critic(repr_dim, action_dim, feature_dim, hidden_dim, variant, heads["qf"], activation_fn, n_critics),
+            critic=Critic(
+                repr_dim, action_dim, feature_dim, hidden_dim, variant, heads["qf"], activation_fn, n_critics
+            ),
         )
     )
 
@@ -372,7 +374,9 @@ class MultiInputPolicy(DrMPolicy):
         **kwargs: Any,
     ):
         if not isinstance(observation_space, spaces.Dict):
-            raise ValueError(f"MultiInputPolicy is for Dict observations, got {observation_space}; use CnnPolicy or MlpPolicy")
+            raise ValueError(
+                f"MultiInputPolicy is for Dict observations, got {observation_space}; use CnnPolicy or MlpPolicy"
+            )
         super().__init__(
             observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs
         )

@@ -121,7 +121,9 @@ def resolve_net_arch(net_arch: NetArch) -> dict[str, list[int] | None]:
                 f"net_arch keys {unknown} are not DrM heads; use pi (actor), qf (critic) and vf (value net, "
                 "default: qf), e.g. net_arch=dict(pi=[256, 256], qf=[512, 512])"
             )
-        heads = {key: _widths(net_arch[key], f"net_arch[{key!r}]") if key in net_arch else None for key in NET_ARCH_KEYS}
+        heads = {
+            key: _widths(net_arch[key], f"net_arch[{key!r}]") if key in net_arch else None for key in NET_ARCH_KEYS
+        }
         if heads["vf"] is None:
             heads["vf"] = heads["qf"]
         return heads
