@@ -11,7 +11,7 @@ from stable_baselines3.common.torch_layers import NatureCNN
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
-from pvrw.drm import DrM, DrMCombinedExtractor, DrMDictReplayBuffer
+from pvrw.drm import DrM, DrMCombinedExtractor, DrMDictReplayBuffer, trainable_parameter_counts
 from pvrw.drm.buffers import DrMReplayBuffer
 from pvrw.drm.networks import DrQEncoder
 
@@ -87,6 +87,8 @@ def test_share_features_extractor_false_gives_the_actor_its_own_encoder():
     assert isinstance(actor_encoder, DrQEncoder) and actor_encoder is not policy.features_extractor
     actor_params = {id(p) for group in model.actor.optimizer.param_groups for p in group["params"]}
     assert {id(p) for p in actor_encoder.parameters()} <= actor_params
+    counts = trainable_parameter_counts(model)
+    assert counts["actor_encoder"] == counts["encoder"] > 0
     model.learn(20)
     critic_before = [p.detach().clone() for p in policy.features_extractor.parameters()]
     actor_before = [p.detach().clone() for p in actor_encoder.parameters()]

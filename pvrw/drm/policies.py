@@ -287,7 +287,7 @@ class DrMPolicy(BasePolicy):
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """Actor mean (``dist.mean``) when deterministic, else ``mean + exploration_std * N(0, 1)`` clamped (acting)."""
-        encoder = self.actor_features_extractor or self.features_extractor
+        encoder = self.features_extractor if self.actor_features_extractor is None else self.actor_features_extractor
         mean = self.actor(encoder(self._preprocess(observation, augment=False)))
         if deterministic:
             return mean
@@ -378,5 +378,10 @@ class MultiInputPolicy(DrMPolicy):
                 f"MultiInputPolicy is for Dict observations, got {observation_space}; use CnnPolicy or MlpPolicy"
             )
         super().__init__(
-            observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs
+            observation_space,
+            action_space,
+            lr_schedule,
+            *args,
+            features_extractor_class=features_extractor_class,
+            **kwargs,
         )
