@@ -224,3 +224,5 @@ def test_check_env_passes_on_make_env_and_pvr_envs():
     assert task.model is task.metaworld_env.model
     task.max_path_length = 123
     assert task.metaworld_env.max_path_length == 123 and "max_path_length" not in vars(task)
+    assert vars(task)["task_name"] == "reach-v3"  # the task's own attributes are its own ...
+    assert vars(task.metaworld_env)["task_name"] != "reach-v3"  # ... and leave Meta-World's alone

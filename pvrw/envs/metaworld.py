@@ -153,6 +153,7 @@ class MetaWorldTask(gym.Wrapper):
         if goal_mode == "random":
             self._set_random_goals(raw, task_name)
         self.reseed(seed)
+        self._forward_writes = True  # from now on, see __setattr__
 
     # --- the base env of the wrapper chain --------------------------------------------------------------------------
     # Meta-World's env defines ``compute_reward(action, obs)``, which Stable-Baselines3's ``check_env`` takes for a
@@ -181,9 +182,11 @@ class MetaWorldTask(gym.Wrapper):
         return getattr(env.unwrapped, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        # After __init__, a name the task does not have and the Meta-World env does is the Meta-World env's, as
+        # before this wrapper was the base env (e.g. env.unwrapped._freeze_rand_vec = True)
         env = self.__dict__.get("env")
-        if env is not None and name not in self.__dict__ and name in vars(env.unwrapped):
-            setattr(env.unwrapped, name, value)  # e.g. env.unwrapped._freeze_rand_vec = True
+        if self.__dict__.get("_forward_writes") and name not in self.__dict__ and name in vars(env.unwrapped):
+            setattr(env.unwrapped, name, value)
         else:
             super().__setattr__(name, value)
 
