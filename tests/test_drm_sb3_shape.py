@@ -37,8 +37,11 @@ CASES = {
     "cnn-nature-own-actor-encoder": (
         "CnnPolicy",
         lambda: StackedImageEnv(side=36),
-        dict(features_extractor_class=NatureCNN, features_extractor_kwargs=dict(features_dim=16),
-             share_features_extractor=False),  # fmt: skip
+        dict(
+            features_extractor_class=NatureCNN,
+            features_extractor_kwargs=dict(features_dim=16),
+            share_features_extractor=False,
+        ),
     ),
     "cnn-float-images": ("CnnPolicy", lambda: StackedImageEnv(dtype=np.float32), dict(normalize_images=False)),
     "dict-pixels": ("MultiInputPolicy", lambda: DictObsEnv("pixels"), {}),

@@ -24,7 +24,7 @@ from pvrw.drm.policy_kwargs import observation_frame_stack
 
 def default_replay_buffer(
     observation_space: spaces.Space, normalize_images: bool = True
-) -> tuple[type[DrMReplayBuffer] | type[DrMDictReplayBuffer], int | dict[str, int]]:
+) -> tuple[type[DrMReplayBuffer | DrMDictReplayBuffer], int | dict[str, int]]:
     """
     DrM's replay buffer for an observation space, and its ``frame_stack`` (image-like float inputs used with
     ``normalize_images=False`` count as RGB frames, see :func:`~pvrw.drm.policy_kwargs.observation_frame_stack`).
