@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from pvrw._diskspace import DiskFullError, disk_full_errno
 from pvrw.runs.config import ALGOS, PRESETS, ConfigError, parse_override, read_yaml
 
 
@@ -28,8 +29,20 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
+        except OSError as err:
+            if disk_full_errno(err) is None:
+                raise
+            raise click.ClickException(disk_full_line(err)) from None
 
     return wrapper
+
+
+def disk_full_line(error: OSError) -> str:
+    """One line for a full disk: a :class:`~pvrw._diskspace.DiskFullError` says it all; another error is worded."""
+    if isinstance(error, DiskFullError):
+        return str(error)
+    where = f" writing {error.filename}" if error.filename else ""
+    return f"disk full{where} ({error.strerror or error}); free space, then run the command again"
 
 
 def missing_weights_line(message: str) -> str:

@@ -27,6 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -147,11 +149,19 @@ def file_format(path: str | os.PathLike) -> str:
 def _create_empty(path: Path, expected_format: str, attrs: Mapping[str, Any]) -> None:
     """Create a new file with its format attributes; atomic (a kill leaves either no file or a complete one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w", libver="latest") as f:
-        f.attrs["pvrw_format"] = expected_format
-        f.attrs["pvrw_format_version"] = FORMAT_VERSION
-        for key, value in attrs.items():
-            f.attrs[key] = value
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs["pvrw_format"] = expected_format
+            f.attrs["pvrw_format_version"] = FORMAT_VERSION
+            for key, value in attrs.items():
+                f.attrs[key] = value
+    except Exception as error:
+        tmp.unlink(missing_ok=True)
+        code = disk_full_errno(error)
+        if code is None:
+            raise
+        head = f"could not create {path} ({format_bytes(free_bytes(path))} free)"
+        raise DiskFullError(f"disk full: {head}; free space and retry", code, what=head) from error
     try:
         os.link(tmp, path)  # fails if another process created it meanwhile; theirs wins
     except FileExistsError:
@@ -187,6 +197,13 @@ def recover(path: str | os.PathLike, expected_format: str) -> None:
     """Rewrite a file whose writer died: keep committed rows only, clear the open-for-write flag, replace atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.recover.tmp")
+    needed, free = path.stat().st_size + (1 << 20), free_bytes(path)
+    if free < needed:  # checked first: HDF5 crashes closing a file whose write failed for lack of space
+        head = (
+            f"could not recover {path}, whose writer died: its copy needs {format_bytes(needed)},"
+            f" {format_bytes(free)} are free"
+        )
+        raise DiskFullError(f"disk full: {head}; the file is unchanged. Free space and retry", what=head)
     src = open_for_reading(path, expected_format)
     try:
         with h5py.File(tmp, "w", libver="latest") as dst:

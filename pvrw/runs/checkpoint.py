@@ -13,6 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, tree_bytes
 from pvrw.runs.layout import RunDir, atomic_write_json
 
 MODEL_FILE = "model.zip"
@@ -50,11 +51,25 @@ def save_checkpoint(
     final = run_dir.checkpoints / name
     tmp = run_dir.checkpoints / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save(tmp / MODEL_FILE)
     has_buffer = bool(save_replay_buffer and getattr(model, "replay_buffer", None) is not None)
-    if has_buffer:
-        model.save_replay_buffer(tmp / BUFFER_FILE)
+    try:
+        tmp.mkdir(parents=True)
+        model.save(tmp / MODEL_FILE)
+        if has_buffer:
+            model.save_replay_buffer(tmp / BUFFER_FILE)
+    except BaseException as err:
+        written = tree_bytes(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint would only keep the disk full
+        code = disk_full_errno(err)
+        if code is None:
+            raise
+        raise DiskFullError(
+            f"disk full: could not write checkpoint {name} in {run_dir.checkpoints} (removed again after"
+            f" {format_bytes(written)}; {format_bytes(free_bytes(tmp))} are free)",
+            code,
+            what=f"the checkpoint at frame {frames:,}",
+            written=written,
+        ) from err
     shutil.rmtree(final, ignore_errors=True)  # a checkpoint of the same step from an earlier attempt
     tmp.rename(final)
     info = CheckpointInfo(

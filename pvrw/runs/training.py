@@ -7,7 +7,9 @@ last checkpoint, with ``metrics.csv`` cut back to that checkpoint, so nothing is
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import importlib
 import os
 import shutil
@@ -16,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, tree_bytes
 from pvrw.runs.config import ConfigError, RunConfig, load_algo_class, load_config, save_config
 from pvrw.runs.layout import FAILED, FINISHED, RUNNING, RunDir, RunStatus
 
@@ -183,22 +186,57 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         status.write(rd)
         return status
     except BaseException as err:
+        failure = _disk_full_error(rd, err) if disk_full_errno(err) is not None else err
         status.state = FAILED
         status.error = (
             "interrupted"
             if isinstance(err, KeyboardInterrupt)
-            else "".join(traceback.format_exception_only(type(err), err)).strip()
+            else "".join(traceback.format_exception_only(type(failure), failure)).strip()
         )
-        status.write(rd)
-        raise
+        try:
+            status.write(rd)
+        except OSError:
+            if failure is err:
+                raise
+            failure.message += f" ({rd.status.name} could not be updated either: it still says '{RUNNING}')"
+        if failure is err:
+            raise
+        raise failure from err
     finally:
         if callback is not None:
             callback.close_progress()  # before the caller reports the error, so the bar is not left on its line
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(OSError):  # still open only after an error, maybe a full disk: it was reported
+                writer.close()
         for e in (env, eval_env):
             if e is not None:
                 e.close()
+
+
+def _disk_full_error(rd: RunDir, error: BaseException) -> DiskFullError:
+    """One line for a run that filled its disk: what could not be written, the space needed, what is intact."""
+    from pvrw.runs.checkpoint import latest_checkpoint
+
+    what = getattr(error, "what", None) or (
+        f"{error.filename}" if getattr(error, "filename", None) else f"a file of the run in {rd.root}"
+    )
+    written = getattr(error, "written", 0)
+    last = latest_checkpoint(rd)
+    if last is None:
+        needed = f"more than {format_bytes(written)}" if written else "more space"
+        intact = "No checkpoint was written yet, so training restarts at frame 0"
+    else:
+        size = max(written, tree_bytes(rd.checkpoints / last.dir))
+        needed = f"about {format_bytes(size)} (the size of a checkpoint)"
+        intact = (
+            f"The last checkpoint (frame {last.frames:,}, checkpoints/{last.dir}) and the metrics.csv rows up to it"
+            " are intact"
+        )
+    return DiskFullError(
+        f"disk full: could not write {what}; it needs {needed}, {format_bytes(free_bytes(rd.root))} are free."
+        f" {intact}. Free space, then continue with `pvrw train --resume {rd.root}`",
+        disk_full_errno(error) or errno.ENOSPC,
+    )
 
 
 def _final_plot(rd: RunDir) -> None:
