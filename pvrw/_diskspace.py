@@ -20,15 +20,24 @@ _HDF5_ERRNO = re.compile(r"errno = (\d+)")
 class DiskFullError(OSError):
     """A write failed (or was refused before it could fail) because the disk or the user's quota is full."""
 
-    def __init__(self, message: str, code: int = errno.ENOSPC, *, what: str | None = None, written: int = 0):
+    def __init__(
+        self,
+        message: str,
+        code: int = errno.ENOSPC,
+        *,
+        what: str | None = None,
+        head: str | None = None,
+        written: int = 0,
+    ):
         """
         :param message: the whole one-line message.
         :param code: ``errno.ENOSPC`` or ``errno.EDQUOT``.
-        :param what: what could not be written (for callers that re-word the message).
-        :param written: bytes written before the write failed (removed again), a lower bound of what it needs.
+        :param what: what could not be written, e.g. "the checkpoint at frame 200" (for callers that re-word it).
+        :param head: the message's first clause (what failed, the space), for callers that add what is intact.
+        :param written: bytes written before the write failed (or that it needed), a lower bound of what it needs.
         """
         super().__init__(code, message)
-        self.message, self.what, self.written = message, what, written
+        self.message, self.what, self.head, self.written = message, what, head or message, written
 
     def __str__(self) -> str:
         return self.message

@@ -104,7 +104,7 @@ def test_train_on_a_full_disk_says_so_in_one_line_and_resumes(small_disk):
     env = {**os.environ, **TESTS_ON_PATH}
     out = run_pvrw("train", "--out", run, *TRAIN, env=env)
     line = assert_one_line_error(
-        out, "disk full: could not write the checkpoint at frame 200", "MiB (the size of a checkpoint)",
+        out, "disk full: could not write the checkpoint at frame 200; a checkpoint needs about ", " MiB are free.",
         "The last checkpoint (frame 100", "metrics.csv rows up to it are intact", f"`pvrw train --resume {run}`",
     )  # fmt: skip
     assert "Traceback" not in out.stderr
@@ -150,7 +150,7 @@ def test_train_says_when_even_status_json_could_not_be_written(tmp_path, monkeyp
     with pytest.raises(DiskFullError) as err:
         run_training(config, tmp_path / "run")
     message = str(err.value)
-    assert re.search(r"could not write the checkpoint at frame 20; it needs more than \d+\.\d KiB, ", message)
+    assert re.search(r"could not write the checkpoint at frame 20; a checkpoint needs more than \d+\.\d KiB, ", message)
     assert "No checkpoint was written yet, so training restarts at frame 0" in message
     assert message.endswith("(status.json could not be updated either: it still says 'running')")
     assert err.value.errno == errno.ENOSPC and "\n" not in message
@@ -203,7 +203,7 @@ def test_extract_on_a_full_disk_fails_in_one_line_keeps_its_rows_and_resumes(tmp
         while True:
             f.write(b"\0" * 4096)
     result = extract(disk / "other.h5")
-    assert_one_line_error(result, f"disk full: could not create {disk / 'other.h5'}", "committed and intact: none")
+    assert_one_line_error(result, f"disk full: could not create {disk / 'other.h5'} (", "committed and intact: none")
     assert sorted(p.name for p in disk.iterdir()) == ["features.h5", "filler"]  # no temporary file left
     filler.unlink()
 

@@ -161,7 +161,7 @@ def _create_empty(path: Path, expected_format: str, attrs: Mapping[str, Any]) ->
         if code is None:
             raise
         head = f"could not create {path} ({format_bytes(free_bytes(path))} free)"
-        raise DiskFullError(f"disk full: {head}; free space and retry", code, what=head) from error
+        raise DiskFullError(f"disk full: {head}; free space and retry", code, what=str(path), head=head) from error
     try:
         os.link(tmp, path)  # fails if another process created it meanwhile; theirs wins
     except FileExistsError:
@@ -203,7 +203,8 @@ def recover(path: str | os.PathLike, expected_format: str) -> None:
             f"could not recover {path}, whose writer died: its copy needs {format_bytes(needed)},"
             f" {format_bytes(free)} are free"
         )
-        raise DiskFullError(f"disk full: {head}; the file is unchanged. Free space and retry", what=head)
+        message = f"disk full: {head}; the file is unchanged. Free space and retry"
+        raise DiskFullError(message, what=f"a recovered copy of {path}", head=head, written=needed)
     src = open_for_reading(path, expected_format)
     try:
         with h5py.File(tmp, "w", libver="latest") as dst:

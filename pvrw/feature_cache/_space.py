@@ -115,14 +115,15 @@ class FullDiskGuard:
             f.close()
 
     def _error(self, what: str, nbytes: int, error: BaseException) -> DiskFullError:
-        size = f" ({format_bytes(nbytes)})" if nbytes else ""
+        what = f"{what} ({format_bytes(nbytes)}) to {self.path}" if nbytes else f"{what} to {self.path}"
         head = (
-            f"could not write {what}{size} to {self.path}: {format_bytes(free_bytes(self.path))} are free, less than"
-            f" that needs with the {format_bytes(2 * nbytes + RESERVE_BYTES)} a writer holds to close its file safely"
+            f"could not write {what}: {format_bytes(free_bytes(self.path))} are free, less than that needs with the"
+            f" {format_bytes(2 * nbytes + RESERVE_BYTES)} a writer holds to close its file safely"
         )
         return DiskFullError(
             f"disk full: {head}; the rows committed before are intact",
             disk_full_errno(error) or errno.ENOSPC,
-            what=head,
+            what=what,
+            head=head,
             written=nbytes,
         )

@@ -130,10 +130,11 @@ def _disk_full_error(error: DiskFullError, out: str | os.PathLike, names: list[s
         done = {}
     committed = ", ".join(f"{name} {n} of {total} frames" for name, n in done.items()) or "none"
     return DiskFullError(
-        f"disk full: {error.what or error}; committed and intact: {committed}. Free space, then run the same"
+        f"disk full: {error.head}; committed and intact: {committed}. Free space, then run the same"
         " extraction (same --out) again: it continues after the committed frames",
         error.errno,
         what=error.what,
+        head=error.head,
         written=error.written,
     )
 

@@ -221,20 +221,20 @@ def _disk_full_error(rd: RunDir, error: BaseException) -> DiskFullError:
         f"{error.filename}" if getattr(error, "filename", None) else f"a file of the run in {rd.root}"
     )
     written = getattr(error, "written", 0)
+    free = f"{format_bytes(free_bytes(rd.root))} are free"
     last = latest_checkpoint(rd)
     if last is None:
-        needed = f"more than {format_bytes(written)}" if written else "more space"
+        space = f"a checkpoint needs more than {format_bytes(written)}, {free}" if written else free
         intact = "No checkpoint was written yet, so training restarts at frame 0"
     else:
-        size = max(written, tree_bytes(rd.checkpoints / last.dir))
-        needed = f"about {format_bytes(size)} (the size of a checkpoint)"
+        space = f"a checkpoint needs about {format_bytes(max(written, tree_bytes(rd.checkpoints / last.dir)))}, {free}"
         intact = (
             f"The last checkpoint (frame {last.frames:,}, checkpoints/{last.dir}) and the metrics.csv rows up to it"
             " are intact"
         )
     return DiskFullError(
-        f"disk full: could not write {what}; it needs {needed}, {format_bytes(free_bytes(rd.root))} are free."
-        f" {intact}. Free space, then continue with `pvrw train --resume {rd.root}`",
+        f"disk full: could not write {what}; {space}. {intact}. Free space, then continue with"
+        f" `pvrw train --resume {rd.root}`",
         disk_full_errno(error) or errno.ENOSPC,
     )
 
