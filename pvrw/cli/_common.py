@@ -37,14 +37,6 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def disk_full_line(error: OSError) -> str:
-    """One line for a full disk: a :class:`~pvrw._diskspace.DiskFullError` says it all; another error is worded."""
-    if isinstance(error, DiskFullError):
-        return str(error)
-    where = f" writing {error.filename}" if error.filename else ""
-    return f"disk full{where} ({error.strerror or error}); free space, then run the command again"
-
-
 def missing_weights_line(message: str) -> str:
     """One line for a missing-weights error (its full text, every place looked at, is `pvrw backbones -v NAME`)."""
     first = message.splitlines()[0] if message else "No weights found"
@@ -125,3 +117,11 @@ def config_options(note: str = "") -> Callable[[Callable[..., Any]], Callable[..
         return func
 
     return decorate
+
+
+def disk_full_line(error: OSError) -> str:
+    """One line for a full disk: a :class:`~pvrw._diskspace.DiskFullError` says it all; another error is worded."""
+    if isinstance(error, DiskFullError):
+        return str(error)
+    where = f" writing {error.filename}" if error.filename else ""
+    return f"disk full{where} ({error.strerror or error}); free space, then run the command again"
