@@ -126,9 +126,9 @@ def _disk_full_error(error: DiskFullError, out: str | os.PathLike, names: list[s
     try:
         with FeatureStore(out, "r") as store:
             done = {name: len(store.get_set(name)) for name in names if name in store}
-    except (FeatureCacheError, OSError):
-        done = {}
-    committed = ", ".join(f"{name} {n} of {total} frames" for name, n in done.items()) or "none"
+        committed = ", ".join(f"{name} {n} of {total} frames" for name, n in done.items()) or "none"
+    except (FeatureCacheError, OSError):  # e.g. still open here: HDF5 could not close it
+        committed = f"the rows committed before (`pvrw cache info {out}` counts them)"
     return DiskFullError(
         f"disk full: {error.head}; committed and intact: {committed}. Free space, then run the same"
         " extraction (same --out) again: it continues after the committed frames",
