@@ -18,7 +18,7 @@ from test_feature_cache import spec
 from test_feature_cache_recording import record_tiny
 
 from pvrw._diskspace import DiskFullError
-from pvrw.feature_cache import FeatureStore
+from pvrw.feature_cache import EpisodeDataset, FeatureStore
 from pvrw.runs.layout import RunDir, RunStatus
 from pvrw.runs.metrics import read_metrics
 
@@ -61,7 +61,7 @@ def small_disk(tmp_path):
 
 def assert_one_line_error(out: subprocess.CompletedProcess, *fragments: str) -> str:
     assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
-    lines = [line for line in out.stderr.strip().splitlines() if not line.startswith("extract ")]  # progress bars
+    lines = [line for line in out.stderr.strip().splitlines() if not line.startswith(("extract ", "record:"))]  # bars
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -215,3 +215,36 @@ def test_extract_on_a_full_disk_fails_in_one_line_keeps_its_rows_and_resumes(tmp
         a, b = got.get_set("wide"), want.get_set("wide")
         np.testing.assert_array_equal(a.read_range(0, 436), b.read_range(0, 436))
         np.testing.assert_array_equal(a.hashes(), b.hashes())
+
+
+RECORD_SCRIPT = """
+import sys
+
+sys.path.insert(0, {tests!r})
+import test_feature_cache_recording  # noqa: F401  (registers PvrwCacheTiny-v0)
+from pvrw.cli import main
+
+main(sys.argv[1:])
+"""
+
+
+def test_record_on_a_full_disk_fails_in_one_line_and_keeps_its_episodes(tmp_path, small_disk):
+    """`pvrw record` crashed the same way (exit 139); now its episodes are kept and it appends once there is room."""
+    script = tmp_path / "record.py"
+    script.write_text(RECORD_SCRIPT.format(tests=str(TESTS)))
+    disk = small_disk(1200)
+    out = disk / "episodes.h5"
+    cmd = [sys.executable, str(script), "record", "--env", "PvrwCacheTiny-v0", "--resolution", "16",
+           "--max-episode-steps", "20", "--action-repeat", "1", "--out", str(out)]  # fmt: skip
+    result = subprocess.run([*cmd, "--episodes", "2000"], capture_output=True, text=True, timeout=300)
+    assert_one_line_error(result, "disk full: could not write episode ", f"to {out}", "committed before are intact")
+    h5py.File(out, "r").close()  # closed cleanly
+    with EpisodeDataset(out) as ds:
+        kept = ds.num_episodes
+    assert kept > 0
+
+    small_disk.resize(disk, 4 << 10)
+    result = subprocess.run([*cmd, "--episodes", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with EpisodeDataset(out) as ds:
+        assert ds.num_episodes == kept + 2
