@@ -42,6 +42,9 @@ class DiskFullError(OSError):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple:  # pickled by Ray (a trial's error): rebuilt with the message, then its attributes
+        return type(self), (self.message, self.errno), self.__dict__
+
 
 def disk_full_errno(error: BaseException | None) -> int | None:
     """ENOSPC or EDQUOT if ``error``, or an error it was raised from or while handling, is a full disk; else None."""

@@ -68,6 +68,15 @@ def assert_one_line_error(out: subprocess.CompletedProcess, *fragments: str) -> 
     return lines[0]
 
 
+def test_disk_full_error_survives_pickling():
+    """Ray pickles a trial's error: the message, errno and details must come back."""
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DiskFullError("disk full: x", errno.EDQUOT, what="w", head="h", written=5)))
+    got = (str(error), error.errno, error.what, error.head, error.written)
+    assert got == ("disk full: x", errno.EDQUOT, "w", "h", 5)
+
+
 # --------------------------------------------------------------------------------- cut-off feature files (case 5)
 
 
