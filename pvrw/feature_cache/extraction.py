@@ -124,8 +124,10 @@ def _extract_one(
 def _disk_full_error(error: DiskFullError, out: str | os.PathLike, names: list[str], total: int) -> DiskFullError:
     """The store's disk-full error, with what is committed and how to continue."""
     try:
-        with FeatureStore(out, "r") as store:
-            done = {name: len(store.get_set(name)) for name in names if name in store}
+        done = {}
+        if os.path.exists(out):
+            with FeatureStore(out, "r") as store:
+                done = {name: len(store.get_set(name)) for name in names if name in store}
         committed = ", ".join(f"{name} {n} of {total} frames" for name, n in done.items()) or "none"
     except (FeatureCacheError, OSError):  # e.g. still open here: HDF5 could not close it
         committed = f"the rows committed before (`pvrw cache info {out}` counts them)"
