@@ -119,9 +119,11 @@ def config_options(note: str = "") -> Callable[[Callable[..., Any]], Callable[..
     return decorate
 
 
-def disk_full_line(error: OSError) -> str:
+def disk_full_line(error: BaseException) -> str:
     """One line for a full disk: a :class:`~pvrw._diskspace.DiskFullError` says it all; another error is worded."""
     if isinstance(error, DiskFullError):
         return str(error)
-    where = f" writing {error.filename}" if error.filename else ""
-    return f"disk full{where} ({error.strerror or error}); free space, then run the command again"
+    filename = getattr(error, "filename", None)
+    where = f" writing {filename}" if filename else ""
+    reason = getattr(error, "strerror", None) or " ".join(str(error).split())
+    return f"disk full{where} ({reason}); free space, then run the command again"

@@ -222,10 +222,19 @@ def _disk_full_error(rd: RunDir, error: BaseException) -> DiskFullError:
     )
     written = getattr(error, "written", 0)
     free = f"{format_bytes(free_bytes(rd.root))} are free"
-    last = latest_checkpoint(rd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            last, known = latest_checkpoint(rd), True
+    except Exception:  # noqa: BLE001 (a damaged checkpoint: `--resume` says which; the disk is the news here)
+        last, known = None, False
     if last is None:
         space = f"a checkpoint needs more than {format_bytes(written)}, {free}" if written else free
-        intact = "No checkpoint was written yet, so training restarts at frame 0"
+        intact = (
+            "No checkpoint was written yet, so training restarts at frame 0"
+            if known
+            else "`pvrw train --resume` checks which checkpoint is intact"
+        )
     else:
         space = f"a checkpoint needs about {format_bytes(max(written, tree_bytes(rd.checkpoints / last.dir)))}, {free}"
         intact = (
