@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shutil
+import traceback
 from pathlib import Path
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -91,3 +92,16 @@ def format_bytes(n: float) -> str:
             return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def release_frames(error: BaseException | None) -> None:
+    """Drop the local variables of the finished frames of ``error``'s tracebacks (and of the errors it chains).
+
+    A write that failed half-way may leave its file open in a frame the traceback keeps alive; its space is given back
+    only when that file is closed, and on a full disk that space is what the error report needs.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__

@@ -99,21 +99,28 @@ def test_cache_info_and_repair_refuse_a_cut_off_file_at_once(tmp_path, size):
 
 
 TRAIN = (
-    "--env", "test_runs_tinyenv:TinyPixels-v0", "--frames", "200", "--eval-every", "100", "--eval-episodes", "1",
+    "--env", "test_runs_tinyenv:TinyPixels-v0", "--eval-every", "100", "--eval-episodes", "1",
     "--checkpoint-every", "100", "--no-video", "--no-progress", "--threads", "1", "--learning-starts", "40",
     "--batch-size", "16", "--buffer-size", "1000", "--set", "policy_kwargs={hidden_dim: 32, feature_dim: 16}",
 )  # fmt: skip
 TESTS_ON_PATH = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_train_on_a_full_disk_says_so_in_one_line_and_resumes(small_disk):
-    """A checkpoint (~7 MiB: model + replay buffer of 36 px frames) fits on the 12 MiB disk once, not twice."""
-    disk = small_disk(12 << 10)
-    run = disk / "run"
+def allocated_bytes(root: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
+
+
+def test_train_on_a_full_disk_says_so_in_one_line_and_resumes(tmp_path, small_disk):
+    """The disk holds the run up to its first checkpoint and half a checkpoint more: the second cannot be written."""
     env = {**os.environ, **TESTS_ON_PATH}
-    out = run_pvrw("train", "--out", run, *TRAIN, env=env)
+    sized = tmp_path / "sized"  # the same run, stopped at its first checkpoint, measures what that takes
+    assert run_pvrw("train", "--out", sized, "--frames", "100", *TRAIN, env=env).returncode == 0
+    checkpoint = allocated_bytes(sized / "checkpoints")
+    disk = small_disk((allocated_bytes(sized) + checkpoint // 2) // 1024)
+    run = disk / "run"
+    out = run_pvrw("train", "--out", run, "--frames", "200", *TRAIN, env=env)
     line = assert_one_line_error(
-        out, "disk full: could not write the checkpoint at frame 200; a checkpoint needs about ", " MiB are free.",
+        out, "disk full: could not write the checkpoint at frame 200; a checkpoint needs about ", " are free. ",
         "The last checkpoint (frame 100", "metrics.csv rows up to it are intact", f"`pvrw train --resume {run}`",
     )  # fmt: skip
     assert "Traceback" not in out.stderr

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, tree_bytes
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, release_frames, tree_bytes
 from pvrw.runs.layout import RunDir, atomic_write_json
 
 MODEL_FILE = "model.zip"
@@ -58,6 +58,7 @@ def save_checkpoint(
         if has_buffer:
             model.save_replay_buffer(tmp / BUFFER_FILE)
     except BaseException as err:
+        release_frames(err)  # closes the files the failed write left open, so that removing them frees their space
         written = tree_bytes(tmp)
         shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint would only keep the disk full
         code = disk_full_errno(err)
