@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, release_frames, tree_bytes
 from pvrw.runs.faults import kill_point
 from pvrw.runs.layout import RunDir, atomic_write_json
 
@@ -109,14 +110,7 @@ def save_checkpoint(
     final = run_dir.checkpoints / name
     tmp = run_dir.checkpoints / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save(tmp / MODEL_FILE)
     has_buffer = bool(save_replay_buffer and getattr(model, "replay_buffer", None) is not None)
-    if has_buffer:
-        model.save_replay_buffer(tmp / BUFFER_FILE)
-    if state is not None:
-        with open(tmp / STATE_FILE, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
     info = CheckpointInfo(
         dir=name,
         steps=int(model.num_timesteps),
@@ -128,11 +122,33 @@ def save_checkpoint(
         last_eval_frames=last_eval_frames,
         has_state=state is not None,
     )
-    sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-    for path in tmp.iterdir():
-        _fsync(path)
-    atomic_write_json(tmp / INFO_FILE, {**asdict(info), "files": sizes})
-    _fsync(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        model.save(tmp / MODEL_FILE)
+        if has_buffer:
+            model.save_replay_buffer(tmp / BUFFER_FILE)
+        if state is not None:
+            with open(tmp / STATE_FILE, "wb") as f:
+                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        for path in tmp.iterdir():
+            _fsync(path)
+        atomic_write_json(tmp / INFO_FILE, {**asdict(info), "files": sizes})
+        _fsync(tmp)
+    except BaseException as err:
+        release_frames(err)  # closes the files the failed write left open, so that removing them frees their space
+        written = tree_bytes(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint would only keep the disk full
+        code = disk_full_errno(err)
+        if code is None:
+            raise
+        raise DiskFullError(
+            f"disk full: could not write checkpoint {name} in {run_dir.checkpoints} (removed again after"
+            f" {format_bytes(written)}; {format_bytes(free_bytes(tmp))} are free)",
+            code,
+            what=f"the checkpoint at frame {frames:,}",
+            written=written,
+        ) from err
     kill_point("checkpoint-files", frames)
     tmp.rename(final)
     _fsync(run_dir.checkpoints)

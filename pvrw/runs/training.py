@@ -8,7 +8,9 @@ checkpoint holds the random and rollout state too, so on CPU the resumed run end
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import importlib
 import os
 import traceback
@@ -16,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, tree_bytes
 from pvrw.runs.config import ConfigError, RunConfig, load_algo_class, load_config, save_config
 from pvrw.runs.layout import FAILED, FINISHED, RUNNING, RunDir, RunStatus, remove_run_files
 from pvrw.runs.lock import holding_run_lock
@@ -202,22 +205,66 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         status.write(rd)
         return status
     except BaseException as err:
+        failure = _disk_full_error(rd, err) if disk_full_errno(err) is not None else err
         status.state = FAILED
         status.error = (
             "interrupted"
             if isinstance(err, KeyboardInterrupt)
-            else "".join(traceback.format_exception_only(type(err), err)).strip()
+            else "".join(traceback.format_exception_only(type(failure), failure)).strip()
         )
-        status.write(rd)
-        raise
+        try:
+            status.write(rd)
+        except OSError:
+            if failure is err:
+                raise
+            failure.message += f" ({rd.status.name} could not be updated either: it still says '{RUNNING}')"
+        if failure is err:
+            raise
+        raise failure from err
     finally:
         if callback is not None:
             callback.close_progress()  # before the caller reports the error, so the bar is not left on its line
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(OSError):  # still open only after an error, maybe a full disk: it was reported
+                writer.close()
         for e in (env, eval_env):
             if e is not None:
                 e.close()
+
+
+def _disk_full_error(rd: RunDir, error: BaseException) -> DiskFullError:
+    """One line for a run that filled its disk: what could not be written, the space needed, what is intact."""
+    from pvrw.runs.checkpoint import latest_checkpoint
+
+    what = getattr(error, "what", None) or (
+        f"{error.filename}" if getattr(error, "filename", None) else f"a file of the run in {rd.root}"
+    )
+    written = getattr(error, "written", 0)
+    free = f"{format_bytes(free_bytes(rd.root))} are free"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            last, known = latest_checkpoint(rd), True
+    except Exception:  # noqa: BLE001 (a damaged checkpoint: `--resume` says which; the disk is the news here)
+        last, known = None, False
+    if last is None:
+        space = f"a checkpoint needs more than {format_bytes(written)}, {free}" if written else free
+        intact = (
+            "No checkpoint was written yet, so training restarts at frame 0"
+            if known
+            else "`pvrw train --resume` checks which checkpoint is intact"
+        )
+    else:
+        space = f"a checkpoint needs about {format_bytes(max(written, tree_bytes(rd.checkpoints / last.dir)))}, {free}"
+        intact = (
+            f"The last checkpoint (frame {last.frames:,}, checkpoints/{last.dir}) and the metrics.csv rows up to it"
+            " are intact"
+        )
+    return DiskFullError(
+        f"disk full: could not write {what}; {space}. {intact}. Free space, then continue with"
+        f" `pvrw train --resume {rd.root}`",
+        disk_full_errno(error) or errno.ENOSPC,
+    )
 
 
 def _evaluated_at(rd: RunDir, frames: int) -> int | None:
