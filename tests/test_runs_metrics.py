@@ -39,3 +39,23 @@ def test_truncate_keeps_rows_up_to_the_checkpoint_and_writing_continues(tmp_path
         lines = list(csv.reader(f))
     assert lines[0] == list(FIELDS)
     assert [int(r[2]) for r in lines[1:]] == [10, 20, 30, 40]
+
+
+def test_truncate_to_the_rows_a_checkpoint_counted_drops_a_later_row_of_the_same_step(tmp_path):
+    """A row written after a checkpoint at that checkpoint's step (the final evaluation) is cut too: counting steps
+    kept it, and the resumed run wrote it a second time."""
+    path = tmp_path / "metrics.csv"
+    with MetricsWriter(path) as writer:
+        for i in range(1, 4):
+            writer.write(kind="train", frames=10 * i, steps=10 * i, episode=i)
+        at_checkpoint = writer.rows
+        writer.write(kind="eval", frames=30, steps=30, episode=3)
+    assert at_checkpoint == 3
+    with open(path, "a") as f:
+        f.write("train,40,40")  # cut row
+    with MetricsWriter(path) as writer:
+        assert writer.rows == 4  # complete rows only
+    assert truncate_metrics(path, max_steps=30, rows=at_checkpoint) == 3
+    assert [r["kind"] for r in read_metrics(path)] == ["train"] * 3
+    with MetricsWriter(path) as writer:
+        assert writer.rows == 3

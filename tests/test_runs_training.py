@@ -1,4 +1,7 @@
-"""run_training end to end on a tiny env: the run directory, idempotence, and a killed-and-resumed run."""
+"""run_training end to end on a tiny env: the run directory, idempotence, and a killed-and-resumed run.
+
+More kills (at every phase of a run) and the bit-identical resume: test_runs_resume.py.
+"""
 
 import itertools
 import json
@@ -46,7 +49,7 @@ def test_run_directory_layout_and_rerun_is_a_no_op(tmp_path):
     assert sorted(p.name for p in rd.videos.iterdir()) == ["eval_0000000060.mp4", "eval_0000000120.mp4"]
     latest = json.loads(rd.latest.read_text())
     assert latest["steps"] == 120 and (rd.checkpoints / latest["dir"] / "replay_buffer.pkl").is_file()
-    assert len(list(rd.checkpoints.glob("step_*"))) == 1  # older checkpoints are removed
+    assert [p.name for p in rd.checkpoints.glob("*_*")] == ["frame_0000000120"]  # named in frames, older ones removed
 
     train, evals = read_metrics(rd.metrics, "train"), read_metrics(rd.metrics, "eval")
     assert [r["frames"] for r in train] == list(range(20, 121, 20))  # 20-step episodes
@@ -126,6 +129,12 @@ def test_killed_run_resumes_from_its_checkpoint_with_nothing_lost(tmp_path):
     model = DrM.load(rd.checkpoints / json.loads(rd.latest.read_text())["dir"] / "model.zip")
     model.load_replay_buffer(rd.checkpoints / json.loads(rd.latest.read_text())["dir"] / "replay_buffer.pkl")
     assert model.num_timesteps == frames and model.replay_buffer.size() == frames
+
+    # killed at a random moment, the resumed run still ends exactly as an unbroken one (metrics, weights, buffer)
+    from test_runs_resume import assert_identical
+
+    run_training(load_config(rd.config), tmp_path / "unbroken")
+    assert_identical(tmp_path / "unbroken", run)
 
 
 def test_pvr_run_embeds_frames_with_a_registered_backbone(tmp_path):

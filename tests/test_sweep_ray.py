@@ -164,7 +164,7 @@ def check_resumed_run(run_dir: Path, killed: dict) -> None:
     assert [int(row[3]) for row in train] == list(range(1, len(train) + 1))  # episodes neither lost nor repeated
     assert [int(row[1]) for row in train] == [50 * i for i in range(1, 13)]  # 600 frames, 50-step episodes
     assert [int(row[1]) for row in rows if row[0] == "eval"] == [300, 600]
-    with open(run_dir / "checkpoints" / "step_0000000600" / "replay_buffer.pkl", "rb") as f:
+    with open(run_dir / "checkpoints" / "frame_0000000600" / "replay_buffer.pkl", "rb") as f:
         buffer = pickle.load(f)
     # the resumed attempt started from the checkpoint's buffer: it holds every transition of both attempts (600 steps),
     # not only the <= 200 of the second

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from pvrw._diskspace import DiskFullError, disk_full_errno
 from pvrw.runs.config import ALGOS, PRESETS, ConfigError, parse_override, read_yaml
 from pvrw.runs.layout import RunDirError
 
@@ -36,6 +37,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             raise SystemExit(130) from None
         except Exception as err:
+            if disk_full_errno(err) is not None:
+                raise click.ClickException(disk_full_line(err)) from None
             if not any(cls.__name__ in USER_ERRORS for cls in type(err).__mro__):
                 raise
             raise click.ClickException(one_line(str(err))) from None
@@ -133,3 +136,13 @@ def config_options(note: str = "") -> Callable[[Callable[..., Any]], Callable[..
         return func
 
     return decorate
+
+
+def disk_full_line(error: BaseException) -> str:
+    """One line for a full disk: a :class:`~pvrw._diskspace.DiskFullError` says it all; another error is worded."""
+    if isinstance(error, DiskFullError):
+        return str(error)
+    filename = getattr(error, "filename", None)
+    where = f" writing {filename}" if filename else ""
+    reason = getattr(error, "strerror", None) or " ".join(str(error).split())
+    return f"disk full{where} ({reason}); free space, then run the command again"

@@ -245,17 +245,11 @@ def info(file):
 
 
 def _file_kind(path: str) -> str:
-    import h5py
-
     from pvrw.feature_cache import _h5
 
     if not os.path.exists(path):
         raise click.ClickException(f"{path}: no such file")
-    try:
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
-            return _h5.str_attr(f, "pvrw_format")
-    except OSError as error:
-        raise _h5.describe_open_error(path, error, "pvrw") from None
+    return _h5.file_format(path)
 
 
 def _info_features(path: str) -> None:

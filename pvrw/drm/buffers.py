@@ -10,7 +10,7 @@ the same :class:`~stable_baselines3.common.type_aliases.ReplayBufferSamples` as 
 
 from __future__ import annotations
 
-import warnings
+import os
 from typing import Any
 
 import numpy as np
@@ -19,12 +19,8 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
 from stable_baselines3.common.preprocessing import is_image_space_channels_first
 
+from pvrw.drm.replay_storage import ReplayStorageMixin
 from pvrw.drm.sampling import NStepSampling
-
-try:  # same optional dependency as SB3's memory check
-    import psutil
-except ImportError:  # pragma: no cover
-    psutil = None
 
 N_STEP_RULES = ("reference", "truncated")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -55,7 +51,7 @@ def infer_frame_stack(observation_space: spaces.Box) -> int:
     return 1
 
 
-class DrMReplayBuffer(NStepSampling, ReplayBuffer):
+class DrMReplayBuffer(ReplayStorageMixin, NStepSampling, ReplayBuffer):
     """
     Replay buffer that stores each frame once and returns n-step transitions, as DrM/DrQ-v2 train on.
 
@@ -102,6 +98,9 @@ class DrMReplayBuffer(NStepSampling, ReplayBuffer):
     :param frame_capacity: max number of stored frames (all envs together). ``None``: ``buffer_size`` plus
         ``frame_stack`` frames per ``EPISODE_LENGTH_HINT`` (100) steps, enough for ``buffer_size`` transitions when
         episodes average at least 100 steps. With shorter episodes the oldest transitions are evicted earlier.
+    :param storage: ``"memory"`` (numpy arrays; pickles hold the filled part only) or ``"disk"`` (memory-mapped files
+        in ``path``, incremental :meth:`checkpoint`, :meth:`open`): see :mod:`pvrw.drm.replay_storage`
+    :param path: a new (or empty) directory for ``storage="disk"``
     """
 
     def __init__(
@@ -120,6 +119,8 @@ class DrMReplayBuffer(NStepSampling, ReplayBuffer):
         storage_dtype: np.typing.DTypeLike | None = None,
         n_step_rule: str = "reference",
         frame_capacity: int | None = None,
+        storage: str = "memory",
+        path: str | os.PathLike | None = None,
     ):
         # ReplayBuffer.__init__ would allocate stacked `observations` / `next_observations`: skip it.
         BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device, n_envs=n_envs)
@@ -161,15 +162,10 @@ class DrMReplayBuffer(NStepSampling, ReplayBuffer):
         # the newest stack plus one next frame must always fit
         self.frame_capacity = max(per_env, self.frame_stack + 1)
 
-        self.frames = np.zeros((self.frame_capacity, n_envs, *self.frame_shape), dtype=self.storage_dtype)
-        # absolute index (frames written by that env so far) of the newest frame of `obs`; -1: never written
-        self.obs_frame = np.full((self.buffer_size, n_envs), -1, dtype=np.int64)
-        self.actions = np.zeros((self.buffer_size, n_envs, self.action_dim), dtype=self._maybe_cast_dtype(action_space.dtype))
-        self.rewards = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
-        self.dones = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
-        self.timeouts = np.zeros((self.buffer_size, n_envs), dtype=np.float32)
         self._reset_episode_state()
-        self._warn_if_memory_short()
+        # frames (ring of frame_capacity), obs_frame (absolute index of the newest frame of `obs`; -1: never
+        # written), actions, rewards, dones, timeouts (ring of buffer_size), per env
+        self._init_storage(storage, path)
 
     # ------------------------------------------------------------------ storage
     def _reset_episode_state(self) -> None:
@@ -180,24 +176,9 @@ class DrMReplayBuffer(NStepSampling, ReplayBuffer):
     def reset(self) -> None:
         """Empty the buffer."""
         super().reset()
+        self._before_fill("obs_frame")
         self.obs_frame.fill(-1)
         self._reset_episode_state()
-
-    def nbytes(self) -> int:
-        """:return: bytes allocated by the buffer's arrays"""
-        arrays = (self.frames, self.obs_frame, self.actions, self.rewards, self.dones, self.timeouts)
-        return int(sum(a.nbytes for a in arrays))
-
-    def _warn_if_memory_short(self) -> None:
-        if psutil is None:  # pragma: no cover
-            return
-        available = psutil.virtual_memory().available
-        if self.nbytes() > available:
-            warnings.warn(
-                "This system does not have apparently enough memory to store the complete "
-                f"replay buffer {self.nbytes() / 1e9:.2f}GB > {available / 1e9:.2f}GB",
-                stacklevel=3,
-            )
 
     def _ring(self, absolute: np.ndarray) -> np.ndarray:
         return absolute % self.frame_capacity
@@ -271,6 +252,7 @@ class DrMReplayBuffer(NStepSampling, ReplayBuffer):
         for env_idx in range(self.n_envs * (self.frame_stack > 1)):
             self._check_frame_shift(env_idx, obs[env_idx], next_obs[env_idx])
         obs_frames, next_frames = self._as_frames(obs), self._as_frames(next_obs[:, -self.frame_shape[0] :])
+        self._before_add()
         for env_idx in range(self.n_envs):
             if not (self.episode_open[env_idx] and self._stored_stack_equals(env_idx, obs_frames[env_idx])):
                 self._write_frames(env_idx, obs_frames[env_idx])  # a new episode: its whole first stack
@@ -291,28 +273,5 @@ class DrMReplayBuffer(NStepSampling, ReplayBuffer):
     # ------------------------------------------------- stacks (sampling rules: sampling.py)
     def _stack(self, newest: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
         """Rebuild ``(B, *obs_shape)`` stacks whose newest frames have absolute indices ``newest``."""
-        offsets = np.arange(self.frame_stack - 1, -1, -1)
-        frames = self.frames[self._ring(newest[:, None] - offsets), env_indices[:, None]]
+        frames = self._gather_frames(newest - self.frame_stack + 1, env_indices)
         return frames.reshape(len(newest), *self.obs_shape).astype(self.observation_space.dtype, copy=False)
-
-    # ---------------------------------------------------- SB3 compatibility views
-    def _stacked_view(self, offset: int) -> np.ndarray:
-        out = np.zeros((self.buffer_size, self.n_envs, *self.obs_shape), dtype=self.observation_space.dtype)
-        slots, envs = np.nonzero(self.obs_frame >= 0)
-        newest = self.obs_frame[slots, envs] + offset
-        alive = newest - self.frame_stack + 1 >= self.frames_written[envs] - self.frame_capacity
-        out[slots[alive], envs[alive]] = self._stack(newest[alive], envs[alive])
-        return out
-
-    @property  # type: ignore[override]
-    def observations(self) -> np.ndarray:
-        """
-        Stacked ``obs`` of every slot, ``(buffer_size, n_envs, *obs_shape)``, zeros where not stored (or frames
-        overwritten). A full copy at SB3's memory cost: for inspection and code written for ``ReplayBuffer``.
-        """
-        return self._stacked_view(0)
-
-    @property  # type: ignore[override]
-    def next_observations(self) -> np.ndarray:
-        """One-step ``next_obs`` of every slot (the terminal observation at episode ends); see :attr:`observations`."""
-        return self._stacked_view(1)

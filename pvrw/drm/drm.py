@@ -22,10 +22,12 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayB
 from stable_baselines3.common.vec_env import VecEnv
 
 from pvrw.drm.buffers import DrMReplayBuffer
+from pvrw.drm.dict_buffers import DrMDictReplayBuffer, default_replay_buffer
 from pvrw.drm.drqv2 import DRQV2_DEFAULTS, DrQv2Variant, network_variant, remove_value_net
 from pvrw.drm.mechanisms import DormantMechanisms
 from pvrw.drm.networks import Actor, Critic, ValueNetwork
-from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, PiegPolicy
+from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, MultiInputPolicy, PiegPolicy
+from pvrw.drm.policy_kwargs import check_policy_kwargs, refuse_algorithm_kwargs
 from pvrw.drm.remedy_options import DormantRemedies
 from pvrw.drm.saved import check_model_zip, load_replay_buffer_file
 from pvrw.drm.schedules import ScheduleSpec, parse_step_schedule
@@ -67,8 +69,8 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
     augmented training batch, before any network changes, and the perturbation check at the top of an update uses
     the ratio of the previous update, as in ``DrMAgent.update``.
 
-    :param policy: ``"CnnPolicy"`` (pixels), ``"MlpPolicy"`` (flat features), ``"PiegPolicy"`` (spatial features) or
-        a policy class
+    :param policy: ``"CnnPolicy"`` (pixels), ``"MlpPolicy"`` (flat features), ``"PiegPolicy"`` (spatial features),
+        ``"MultiInputPolicy"`` (Dict observations) or a policy class
     :param env: the environment to learn from (if registered in Gym, can be str)
     :param variant: ``"drm"`` (``agents/drm.py``: MLP Q-heads, dormant-dependent lambda, awakening only after
         ``num_expl_steps``; the default, as the study used it) or ``"drm_mw"`` (``agents/drm_mw.py``: Dropout +
@@ -85,10 +87,12 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         ``train_freq`` transitions when SB3 collects ``train_freq`` steps from each of several envs
     :param action_noise: extra SB3 action noise (not in DrM; keep None)
     :param replay_buffer_class: replay buffer class; None: :class:`~pvrw.drm.buffers.DrMReplayBuffer` (each frame
-        stored once, reference n-step windows) with ``n_steps`` and ``gamma``. SB3's ``NStepReplayBuffer`` takes the
-        same ``replay_buffer_kwargs=dict(n_steps=..., gamma=...)``
+        stored once, reference n-step windows) with ``n_steps`` and ``gamma``, or
+        :class:`~pvrw.drm.dict_buffers.DrMDictReplayBuffer` for Dict observations. SB3's ``NStepReplayBuffer`` takes
+        the same ``replay_buffer_kwargs=dict(n_steps=..., gamma=...)``
     :param replay_buffer_kwargs: keyword arguments for the replay buffer
-    :param optimize_memory_usage: SB3's memory-efficient buffer option
+    :param optimize_memory_usage: SB3's memory-efficient buffer option; with DrM's buffers (which already store each
+        frame once) a no-op, said once at ``verbose >= 1``
     :param n_steps: n-step return length; None: variant default (3 / 10)
     :param num_expl_steps: agent steps of uniform random actions (``num_expl_steps``); None: ``learning_starts``
         (both are 2000 in the reference)
@@ -117,17 +121,22 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
     :param reset_nets: networks reset by ``reset_interval`` (the encoder never is)
     :param stats_window_size: window size for the rollout logging
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
-    :param policy_kwargs: additional arguments for the policy (``feature_dim``, ``hidden_dim``, ``augment``, ...)
+    :param policy_kwargs: additional arguments for the policy, as SB3 spells them (``net_arch``, ``activation_fn``,
+        ``features_extractor_class``, ``share_features_extractor``, ``n_critics``, ...) and DrM's (``feature_dim``,
+        ``hidden_dim``, ``augment``, ...); see :class:`~pvrw.drm.policies.DrMPolicy`
     :param verbose: 0 none, 1 info (perturbation events), 2 debug
     :param seed: seed for the pseudo random generators
     :param device: device on which the code should run (``"auto"``, ``"cpu"``, ``"cuda"``)
     :param _init_setup_model: whether to build the networks at creation
+    :param kwargs: refused: TD3 / SAC arguments DrM cannot honour (``policy_delay``, ``ent_coef``, ...) are named
+        with the reason
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": MlpPolicy,
         "CnnPolicy": CnnPolicy,
         "PiegPolicy": PiegPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
     }
     policy: DrMPolicy
     actor: Actor
@@ -182,7 +191,9 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         seed: int | None = None,
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
+        **kwargs: Any,
     ):
+        refuse_algorithm_kwargs(type(self).__name__, kwargs)
         if variant not in VARIANT_DEFAULTS:
             raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {tuple(VARIANT_DEFAULTS)}")
         if stddev_type not in STDDEV_TYPES:
@@ -246,9 +257,15 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
             self._setup_model()
 
     def _setup_model(self) -> None:
-        if self.replay_buffer_class is None and not isinstance(self.observation_space, spaces.Dict):
-            self.replay_buffer_class = DrMReplayBuffer
-            self.replay_buffer_kwargs = {"n_steps": self.n_steps, "gamma": self.gamma, **self.replay_buffer_kwargs}
+        check_policy_kwargs(self.policy_class, self.policy_kwargs)  # type: ignore[arg-type]
+        if self.replay_buffer_class is None:
+            self.replay_buffer_class = self._default_replay_buffer()
+        drm_buffer = issubclass(self.replay_buffer_class, (DrMReplayBuffer, DrMDictReplayBuffer))
+        if drm_buffer and self.optimize_memory_usage:
+            self.optimize_memory_usage = False
+            if self.verbose >= 1:
+                name = self.replay_buffer_class.__name__
+                print(f"{name} already stores each frame once: optimize_memory_usage=True is a no-op")
         with warnings.catch_warnings():
             if "n_steps" in self.replay_buffer_kwargs:  # configured above or by the user: SB3's warning is spurious
                 warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored")
@@ -257,6 +274,14 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
             remove_value_net(self.policy)
         self._apply_architecture_options(self.lr_schedule(1))
         self._create_aliases()
+
+    def _default_replay_buffer(self) -> type[ReplayBuffer]:
+        buffer_class, frame_stack = default_replay_buffer(
+            self.observation_space, self.policy_kwargs.get("normalize_images", True)
+        )
+        extra = {"n_steps": self.n_steps, "gamma": self.gamma, "frame_stack": frame_stack}
+        self.replay_buffer_kwargs = {**extra, **self.replay_buffer_kwargs}
+        return buffer_class
 
     def _create_aliases(self) -> None:
         self.actor = self.policy.actor
@@ -303,7 +328,7 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         # The reference-rule DrMReplayBuffer samples complete n-step windows only. A model loaded without its replay
         # buffer is past learning_starts with an empty buffer: wait for the first window instead of failing.
         buffer = self.replay_buffer
-        if isinstance(buffer, DrMReplayBuffer) and buffer.n_step_rule == "reference":
+        if isinstance(buffer, (DrMReplayBuffer, DrMDictReplayBuffer)) and buffer.n_step_rule == "reference":
             return buffer.size() >= buffer.n_steps
         return True
 
@@ -385,7 +410,13 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         load_replay_buffer_file(path, lambda resolved: load(resolved, truncate_last_traj))
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "value_net"]
+        return [
+            *super()._excluded_save_params(),
+            "actor",
+            "critic",
+            "critic_target",
+            "value_net",
+        ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]

@@ -79,15 +79,15 @@ class DrQv2Variant:
         if self.variant != DRQV2:
             return super()._update(replay_data, step)  # type: ignore[misc]
         policy = self.policy
-        obs = policy.encode(replay_data.observations, augment=True)
+        obs, actor_obs = policy.encode_both(replay_data.observations, augment=True)
         with th.no_grad():
-            next_obs = policy.encode(replay_data.next_observations, augment=True)
-        self.dormant_ratio = dormant_ratio(policy.actor, obs.detach(), threshold=self.dormant_threshold)
+            next_obs, next_actor_obs = policy.encode_both(replay_data.next_observations, augment=True)
+        self.dormant_ratio = dormant_ratio(policy.actor, actor_obs.detach(), threshold=self.dormant_threshold)
         std = self.exploration_std(step)
         metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std)
         metrics["batch_reward"] = replay_data.rewards.mean().item()
-        metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions))  # type: ignore[attr-defined]
-        metrics.update(self._update_critic(obs, next_obs, replay_data, std, 0.0))  # type: ignore[attr-defined]
-        metrics.update(self._update_actor(obs.detach(), std))  # type: ignore[attr-defined]
+        metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions, actor_obs.detach()))  # type: ignore[attr-defined]
+        metrics.update(self._update_critic(obs, next_obs, replay_data, std, 0.0, next_actor_obs))  # type: ignore[attr-defined]
+        metrics.update(self._update_actor(obs.detach(), std, actor_obs))  # type: ignore[attr-defined]
         polyak_update(policy.critic.parameters(), policy.critic_target.parameters(), self.tau)
         return metrics

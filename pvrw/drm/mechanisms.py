@@ -87,6 +87,8 @@ class DormantMechanisms:
         perturb(self.critic, self.critic.optimizer, factor)
         perturb(self.critic_target, self.critic.optimizer, factor)
         perturb(policy.features_extractor, policy.encoder_optimizer, factor)
+        if policy.actor_features_extractor is not None:  # share_features_extractor=False (Adam state reset above)
+            perturb(policy.actor_features_extractor, None, factor)
         perturb(self.value_net, self.value_net.optimizer, factor)
         self.perturbations.append(dict(step=self.num_timesteps, factor=factor, dormant_ratio=self.dormant_ratio))
         if self.verbose >= 1:

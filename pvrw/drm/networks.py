@@ -11,7 +11,9 @@ The encoders are SB3 ``BaseFeaturesExtractor`` subclasses so that a policy can s
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 
 import torch as th
 import torch.nn.functional as F
@@ -82,9 +84,11 @@ class DrQEncoder(BaseFeaturesExtractor):
     SB3 hands it images already divided by 255, so it only subtracts 0.5 (the reference computes ``obs / 255 - 0.5``).
 
     :param observation_space: channel-first image space ``(3 * frame_stack, H, W)``
+    :param features_dim: None (the reference): the flat conv output is the representation; an int adds a projection
+        ``Linear(32 * s_h * s_w, features_dim) ReLU`` as SB3's ``NatureCNN`` ends (not in DrQ-v2/DrM)
     """
 
-    def __init__(self, observation_space: spaces.Box):
+    def __init__(self, observation_space: spaces.Box, features_dim: int | None = None):
         if len(observation_space.shape) != 3:
             raise ValueError(
                 f"DrQEncoder needs channel-first images (C, H, W), got observation shape {observation_space.shape}; "
@@ -93,8 +97,12 @@ class DrQEncoder(BaseFeaturesExtractor):
         channels, height, width = observation_space.shape
         side_h, side_w = drq_encoder_output_side(height), drq_encoder_output_side(width)
         if side_h < 1 or side_w < 1:
-            raise ValueError(f"Images of {height}x{width} are too small for the DrQ-v2 encoder (need at least 10x10)")
-        super().__init__(observation_space, features_dim=32 * side_h * side_w)
+            raise ValueError(
+                f"Images of {height}x{width} (shape {observation_space.shape}) are too small for the DrQ-v2 encoder "
+                "(need at least 15x15, channel-first: SB3 transposes uint8 images only)"
+            )
+        flat_dim = 32 * side_h * side_w
+        super().__init__(observation_space, features_dim=flat_dim if features_dim is None else features_dim)
         self.convnet = nn.Sequential(
             nn.Conv2d(channels, 32, 3, stride=2),
             nn.ReLU(),
@@ -105,10 +113,12 @@ class DrQEncoder(BaseFeaturesExtractor):
             nn.Conv2d(32, 32, 3, stride=1),
             nn.ReLU(),
         )
+        self.projection = None if features_dim is None else nn.Sequential(nn.Linear(flat_dim, features_dim), nn.ReLU())
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
         h = self.convnet(observations - 0.5)
-        return h.reshape(h.shape[0], -1)
+        h = h.reshape(h.shape[0], -1)
+        return h if self.projection is None else self.projection(h)
 
 
 class PiegExtractor(BaseFeaturesExtractor):
@@ -147,43 +157,64 @@ def _trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
 
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+def _activation(activation_fn: type[nn.Module] | None) -> nn.Module:
     # In-place ReLUs as in the reference: they also make the dormant-ratio hooks see post-ReLU values (dormant.py).
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, out_dim),
-    )
+    if activation_fn is None or activation_fn is nn.ReLU:
+        return nn.ReLU(inplace=True)
+    return activation_fn()
 
 
-def _q_head(in_dim: int, hidden_dim: int, variant: str) -> nn.Sequential:
+def _mlp(
+    in_dim: int, hidden_dims: Sequence[int], out_dim: int, activation_fn: type[nn.Module] | None = None
+) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(in_dim, width), _activation(activation_fn)]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+def _q_head(
+    in_dim: int, hidden_dims: Sequence[int], variant: str, activation_fn: type[nn.Module] | None = None
+) -> nn.Sequential:
     if variant == "drm":
-        return _mlp(in_dim, hidden_dim, 1)
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim),
-        nn.Dropout(0.01),
-        nn.LayerNorm(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, hidden_dim),
-        nn.Dropout(0.01),
-        nn.LayerNorm(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, 1),
-    )
+        return _mlp(in_dim, hidden_dims, 1, activation_fn)
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(in_dim, width), nn.Dropout(0.01), nn.LayerNorm(width), _activation(activation_fn)]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, 1))
+
+
+def _hidden(hidden_dim: int, net_arch: Sequence[int] | None) -> list[int]:
+    """The hidden layer widths of a head: ``net_arch``, or the reference's two layers of ``hidden_dim``."""
+    return [hidden_dim, hidden_dim] if net_arch is None else list(net_arch)
+
+
+def min_q(q_values: Sequence[th.Tensor]) -> th.Tensor:
+    """Element-wise minimum over the critics' Q values (clipped double Q for two critics)."""
+    return functools.reduce(th.min, q_values)
 
 
 class Actor(nn.Module):
     """
     ``trunk = Linear(repr, F) LayerNorm Tanh``; ``policy = Linear(F, H) ReLU Linear(H, H) ReLU Linear(H, A)``;
     returns the mean ``tanh(policy(trunk(x)))``. The exploration std is external (scheduled), see :func:`sample_action`.
+    ``net_arch`` (hidden widths) and ``activation_fn`` replace the two ``H`` layers and the ReLUs when given.
     """
 
-    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int):
+    def __init__(
+        self,
+        repr_dim: int,
+        action_dim: int,
+        feature_dim: int,
+        hidden_dim: int,
+        net_arch: Sequence[int] | None = None,
+        activation_fn: type[nn.Module] | None = None,
+    ):
         super().__init__()
         self.trunk = _trunk(repr_dim, feature_dim)
-        self.policy = _mlp(feature_dim, hidden_dim, action_dim)
+        self.policy = _mlp(feature_dim, _hidden(hidden_dim, net_arch), action_dim, activation_fn)
 
     def forward(self, features: th.Tensor) -> th.Tensor:
         return th.tanh(self.policy(self.trunk(features)))
@@ -193,28 +224,50 @@ class Critic(nn.Module):
     """
     Clipped double Q on one shared trunk: ``h = trunk(x)``, ``Q_i = head_i([h, a])``.
     ``variant="drm"``: plain MLP heads; ``variant="drm_mw"``: ``Linear Dropout(0.01) LayerNorm ReLU`` blocks.
+    ``n_critics`` heads (2 in DrM) are the attributes ``Q1``, ``Q2``, ...; ``forward`` returns one value per head.
     """
 
-    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int, variant: str = "drm"):
+    def __init__(
+        self,
+        repr_dim: int,
+        action_dim: int,
+        feature_dim: int,
+        hidden_dim: int,
+        variant: str = "drm",
+        net_arch: Sequence[int] | None = None,
+        activation_fn: type[nn.Module] | None = None,
+        n_critics: int = 2,
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {VARIANTS}")
+        if n_critics < 1:
+            raise ValueError(f"n_critics must be >= 1, got {n_critics}")
+        self.n_critics = n_critics
         self.trunk = _trunk(repr_dim, feature_dim)
-        self.Q1 = _q_head(feature_dim + action_dim, hidden_dim, variant)
-        self.Q2 = _q_head(feature_dim + action_dim, hidden_dim, variant)
+        for index in range(1, n_critics + 1):
+            head = _q_head(feature_dim + action_dim, _hidden(hidden_dim, net_arch), variant, activation_fn)
+            self.add_module(f"Q{index}", head)
 
-    def forward(self, features: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def forward(self, features: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, ...]:
         h_action = th.cat([self.trunk(features), actions], dim=-1)
-        return self.Q1(h_action), self.Q2(h_action)
+        return tuple(getattr(self, f"Q{index}")(h_action) for index in range(1, self.n_critics + 1))
 
 
 class ValueNetwork(nn.Module):
     """DrM's exploitation value net (``VNetwork``): its own trunk, then ``Linear ReLU Linear ReLU Linear(H, 1)``."""
 
-    def __init__(self, repr_dim: int, feature_dim: int, hidden_dim: int):
+    def __init__(
+        self,
+        repr_dim: int,
+        feature_dim: int,
+        hidden_dim: int,
+        net_arch: Sequence[int] | None = None,
+        activation_fn: type[nn.Module] | None = None,
+    ):
         super().__init__()
         self.trunk = _trunk(repr_dim, feature_dim)
-        self.V = _mlp(feature_dim, hidden_dim, 1)
+        self.V = _mlp(feature_dim, _hidden(hidden_dim, net_arch), 1, activation_fn)
 
     def forward(self, features: th.Tensor) -> th.Tensor:
         return self.V(self.trunk(features))

@@ -63,9 +63,12 @@ def trainable_parameter_counts(
     """
     built = getattr(observation, "policy", observation)
     if isinstance(built, DrMPolicy):
-        return _counts(
-            dict(encoder=built.features_extractor, actor=built.actor, critic=built.critic, value_net=built.value_net)
+        modules = dict(
+            encoder=built.features_extractor, actor=built.actor, critic=built.critic, value_net=built.value_net
         )
+        if built.actor_features_extractor is not None:  # share_features_extractor=False
+            modules["actor_encoder"] = built.actor_features_extractor
+        return _counts(modules)
     if policy not in ENCODERS:
         raise ValueError(f"Unknown policy {policy!r}, expected one of {sorted(ENCODERS)}")
     if isinstance(observation, spaces.Box):

@@ -4,15 +4,20 @@
 - :class:`MlpPolicy`: flat features such as PVR CLS tokens (``(k, D)`` observations are flattened), no encoder, no
   augmentation;
 - :class:`PiegPolicy`: stacked spatial PVR features ``(k, C, h, w)`` through the PIE-G head, no augmentation (features
-  are already embedded; a shift cannot be applied after a frozen encoder).
+  are already embedded; a shift cannot be applied after a frozen encoder);
+- :class:`MultiInputPolicy`: ``Dict`` observations (pixels or PVR features plus e.g. proprioception), the DrQ-v2
+  encoder on every image key (random-shifted), the other keys flattened.
 
 Unlike SB3's TD3/SAC policies (whose shared extractor is trained by the actor loss), the encoder here follows
-DrQ-v2/DrM: a single encoder updated by the critic loss; actor and value losses see detached features.
+DrQ-v2/DrM: a single encoder updated by the critic loss; actor and value losses see detached features. SB3's
+``policy_kwargs`` are taken as SB3 spells them (:mod:`pvrw.drm.policy_kwargs`); ``share_features_extractor=False``
+gives the actor its own encoder, trained by the actor loss (a deviation from DrM).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any
 
 import torch as th
@@ -23,6 +28,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from pvrw.drm.extractors import DrMCombinedExtractor
 from pvrw.drm.networks import (
     VARIANTS,
     Actor,
@@ -34,6 +40,7 @@ from pvrw.drm.networks import (
     sample_action,
     weight_init,
 )
+from pvrw.drm.policy_kwargs import NetArch, image_keys, resolve_net_arch
 
 
 def make_drm_networks(
@@ -44,6 +51,9 @@ def make_drm_networks(
     variant: str = "drm",
     feature_dim: int = 50,
     hidden_dim: int = 1024,
+    net_arch: NetArch = None,
+    activation_fn: type[nn.Module] | None = None,
+    n_critics: int = 2,
 ) -> nn.ModuleDict:
     """
     Build DrM's trainable modules (not initialised, no target): ``encoder``, ``actor``, ``value_net``, ``critic``.
@@ -58,18 +68,24 @@ def make_drm_networks(
     :param variant: ``"drm"`` (MLP Q-heads) or ``"drm_mw"`` (Dropout + LayerNorm Q-heads)
     :param feature_dim: trunk output size (50)
     :param hidden_dim: hidden layer size (1024)
+    :param net_arch: SB3's ``net_arch`` (see :func:`~pvrw.drm.policy_kwargs.resolve_net_arch`); None: the reference
+    :param activation_fn: activation of the heads; None: the reference's (in-place) ReLU
+    :param n_critics: number of Q heads (2: clipped double Q)
     :return: the modules, in the reference's construction order
     """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {VARIANTS}")
     encoder = features_extractor_class(observation_space, **(features_extractor_kwargs or {}))
     repr_dim = encoder.features_dim
+    heads = resolve_net_arch(net_arch)
     return nn.ModuleDict(
         dict(
             encoder=encoder,
-            actor=Actor(repr_dim, action_dim, feature_dim, hidden_dim),
-            value_net=ValueNetwork(repr_dim, feature_dim, hidden_dim),
-            critic=Critic(repr_dim, action_dim, feature_dim, hidden_dim, variant),
+            actor=Actor(repr_dim, action_dim, feature_dim, hidden_dim, heads["pi"], activation_fn),
+            value_net=ValueNetwork(repr_dim, feature_dim, hidden_dim, heads["vf"], activation_fn),
+            critic=Critic(
+                repr_dim, action_dim, feature_dim, hidden_dim, variant, heads["qf"], activation_fn, n_critics
+            ),
         )
     )
 
@@ -87,9 +103,17 @@ class DrMPolicy(BasePolicy):
     :param hidden_dim: hidden size of the heads (``hidden_dim``, 1024)
     :param augment: random-shift augmentation of training batches; None: on for image spaces, off otherwise
     :param aug_pad: random-shift padding in pixels (4)
-    :param features_extractor_class: the encoder
-    :param features_extractor_kwargs: keyword arguments for the encoder
-    :param normalize_images: whether SB3 divides images by 255 before the encoder (the encoder subtracts 0.5)
+    :param net_arch: SB3's ``net_arch``: hidden widths of every head (list) or per head (dict ``pi`` / ``qf`` /
+        ``vf``); None: two layers of ``hidden_dim`` (the reference)
+    :param activation_fn: activation of the heads (None: the reference's ReLU)
+    :param n_critics: number of Q heads, the TD target takes their minimum (2)
+    :param share_features_extractor: True (DrM): one encoder, trained by the critic loss, the actor sees its detached
+        features. False: the actor gets its own encoder, trained by the actor loss (not in DrM; SB3's TD3 default)
+    :param features_extractor_class: the encoder, any SB3 ``BaseFeaturesExtractor`` (e.g. ``NatureCNN``)
+    :param features_extractor_kwargs: keyword arguments for the encoder (``features_dim`` for the DrQ-v2 encoder: an
+        optional projection; None: its flat conv output, as the reference)
+    :param normalize_images: whether SB3 divides images by 255 before the encoder (the encoder subtracts 0.5). With
+        False, float ``(C, H, W)`` inputs count as images (random shift, ``CnnPolicy``)
     :param optimizer_class: optimizer of each of the four networks (Adam)
     :param optimizer_kwargs: its keyword arguments, excluding the learning rate
     """
@@ -110,6 +134,10 @@ class DrMPolicy(BasePolicy):
         hidden_dim: int = 1024,
         augment: bool | None = None,
         aug_pad: int = 4,
+        net_arch: NetArch = None,
+        activation_fn: type[nn.Module] | None = None,
+        n_critics: int = 2,
+        share_features_extractor: bool = True,
         features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
         features_extractor_kwargs: dict[str, Any] | None = None,
         normalize_images: bool = True,
@@ -128,16 +156,23 @@ class DrMPolicy(BasePolicy):
         )
         if not isinstance(action_space, spaces.Box):
             raise ValueError(f"DrM needs a continuous (Box) action space, got {action_space}")
+        if not normalize_images and issubclass(features_extractor_class, DrMCombinedExtractor):
+            self.features_extractor_kwargs.setdefault("normalized_image", True)
+        self.image_keys = image_keys(observation_space, normalize_images)
         if augment is None:
-            augment = is_image_space(observation_space, normalized_image=not normalize_images)
-        if augment and len(observation_space.shape or ()) != 3:
+            augment = bool(self.image_keys)
+        if augment and not self.image_keys:
             raise ValueError(
-                f"Random-shift augmentation needs (C, H, W) observations, got shape {observation_space.shape}; "
+                f"Random-shift augmentation needs (C, H, W) image observations, got {observation_space}; "
                 "pass augment=False (features cannot be shifted after a frozen encoder)"
             )
         self.variant = variant
         self.feature_dim = feature_dim
         self.hidden_dim = hidden_dim
+        self.net_arch = net_arch
+        self.activation_fn = activation_fn
+        self.n_critics = n_critics
+        self.share_features_extractor = share_features_extractor
         self.augment = bool(augment)
         self.aug_pad = aug_pad
         # Exploration std used by ``_predict(deterministic=False)``; DrM sets it from its schedule before acting.
@@ -153,9 +188,16 @@ class DrMPolicy(BasePolicy):
             self.variant,
             self.feature_dim,
             self.hidden_dim,
+            self.net_arch,
+            self.activation_fn,
+            self.n_critics,
         )
         networks.apply(weight_init)
         self.features_extractor = networks["encoder"]
+        self.actor_features_extractor: BaseFeaturesExtractor | None = None
+        if not self.share_features_extractor:
+            self.actor_features_extractor = self.make_features_extractor()
+            self.actor_features_extractor.apply(weight_init)
         self.actor = networks["actor"]
         self.value_net = networks["value_net"]
         self.critic = networks["critic"]
@@ -168,7 +210,10 @@ class DrMPolicy(BasePolicy):
 
         has_encoder_params = any(True for _ in self.features_extractor.parameters())
         self.encoder_optimizer = make_optimizer(self.features_extractor) if has_encoder_params else None
-        self.actor.optimizer = make_optimizer(self.actor)
+        actor_parameters = self.actor.parameters()
+        if self.actor_features_extractor is not None:
+            actor_parameters = itertools.chain(actor_parameters, self.actor_features_extractor.parameters())
+        self.actor.optimizer = self.optimizer_class(actor_parameters, lr=lr_schedule(1), **self.optimizer_kwargs)
         self.critic.optimizer = make_optimizer(self.critic)
         self.value_net.optimizer = make_optimizer(self.value_net)
         # The reference never switches the target critic to eval mode (dropout stays active in drm_mw targets).
@@ -190,6 +235,10 @@ class DrMPolicy(BasePolicy):
                 variant=self.variant,
                 feature_dim=self.feature_dim,
                 hidden_dim=self.hidden_dim,
+                net_arch=self.net_arch,
+                activation_fn=self.activation_fn,
+                n_critics=self.n_critics,
+                share_features_extractor=self.share_features_extractor,
                 augment=self.augment,
                 aug_pad=self.aug_pad,
                 features_extractor_class=self.features_extractor_class,
@@ -200,33 +249,59 @@ class DrMPolicy(BasePolicy):
         )
         return data
 
-    def encode(self, observations: th.Tensor, augment: bool = False) -> th.Tensor:
+    def _preprocess(self, observations: PyTorchObs, augment: bool) -> PyTorchObs:
+        """SB3's ``preprocess_obs`` (images / 255), then the random shift of every image (key) when ``augment``."""
+        obs = preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images)
+        if not (augment and self.augment):
+            return obs
+        if isinstance(obs, dict):
+            return {key: self.aug(value) if key in self.image_keys else value for key, value in obs.items()}
+        return self.aug(obs)
+
+    def encode(self, observations: PyTorchObs, augment: bool = False) -> th.Tensor:
         """
-        Preprocess (SB3: images / 255), optionally random-shift, and encode observations.
+        Preprocess (SB3: images / 255), optionally random-shift, and encode observations with the critic's encoder.
 
         :param observations: a batch of raw observations
         :param augment: apply the random shift (only if the policy has augmentation on)
         :return: features (``repr_dim`` per sample)
         """
-        obs = preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images)
-        if augment and self.augment:
-            obs = self.aug(obs)
-        return self.features_extractor(obs)
+        return self.features_extractor(self._preprocess(observations, augment))
+
+    def encode_both(self, observations: PyTorchObs, augment: bool = False) -> tuple[th.Tensor, th.Tensor]:
+        """
+        Features for the critic and for the actor of one (shifted) batch: with a shared encoder the actor's are the
+        critic's, detached (DrM); otherwise the actor's own encoder's, with gradients.
+
+        :param observations: a batch of raw observations
+        :param augment: apply the random shift (the same shift for both encoders)
+        :return: ``(critic_features, actor_features)``
+        """
+        obs = self._preprocess(observations, augment)
+        features = self.features_extractor(obs)
+        if self.actor_features_extractor is None:
+            return features, features.detach()
+        return features, self.actor_features_extractor(obs)
 
     def forward(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self._predict(observation, deterministic=deterministic)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         """Actor mean (``dist.mean``) when deterministic, else ``mean + exploration_std * N(0, 1)`` clamped (acting)."""
-        mean = self.actor(self.encode(observation))  # type: ignore[arg-type]
+        encoder = self.features_extractor if self.actor_features_extractor is None else self.actor_features_extractor
+        mean = self.actor(encoder(self._preprocess(observation, augment=False)))
         if deterministic:
             return mean
         return sample_action(mean, self.exploration_std, clip=None)
 
     def set_training_mode(self, mode: bool) -> None:
         """
-        Put the policy in training or evaluation mode (dropout of the ``drm_mw`` critic); the target critic always
-        stays in training mode, as in the reference.
+        Put the policy in training or evaluation mode, as SB3 does: training mode (BatchNorm batch statistics,
+        Dropout on) only during gradient steps, evaluation mode while collecting and predicting. The target critic
+        always stays in training mode, as in the reference (it never calls ``eval()`` on it, so ``drm_mw``'s dropout
+        is active in the TD target). A user's BatchNorm or Dropout can only sit in the features extractor (the heads
+        are DrM's), and the extractor has no target copy: the target critic reads the online encoder's features, so
+        TD3's copy of BatchNorm statistics into the targets has nothing to do here.
 
         :param mode: True for training mode
         """
@@ -251,8 +326,9 @@ class CnnPolicy(DrMPolicy):
     ):
         if not is_image_space(observation_space, normalized_image=not kwargs.get("normalize_images", True)):
             raise ValueError(
-                f"CnnPolicy needs image observations (uint8 Box in [0, 255], channel-first or -last), got "
-                f"{observation_space}; use MlpPolicy for flat features or PiegPolicy for spatial PVR features"
+                f"CnnPolicy needs image observations (uint8 Box in [0, 255], channel-first or -last; float (C, H, W) "
+                f"with policy_kwargs=dict(normalize_images=False)), got {observation_space}; use MlpPolicy for flat "
+                "features, PiegPolicy for spatial PVR features or MultiInputPolicy for Dict observations"
             )
         super().__init__(
             observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs
@@ -279,4 +355,34 @@ class PiegPolicy(DrMPolicy):
     ):
         super().__init__(
             observation_space, action_space, lr_schedule, *args, features_extractor_class=features_extractor_class, **kwargs
+        )
+
+
+class MultiInputPolicy(DrMPolicy):
+    """
+    DrM policy for ``Dict`` observations, e.g. pixels or PVR features plus proprioception: the DrQ-v2 encoder on
+    every image key (random-shifted during updates), the other keys flattened, all concatenated
+    (:class:`~pvrw.drm.extractors.DrMCombinedExtractor`), trained by the critic loss. See :class:`DrMPolicy`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        *args: Any,
+        features_extractor_class: type[BaseFeaturesExtractor] = DrMCombinedExtractor,
+        **kwargs: Any,
+    ):
+        if not isinstance(observation_space, spaces.Dict):
+            raise ValueError(
+                f"MultiInputPolicy is for Dict observations, got {observation_space}; use CnnPolicy or MlpPolicy"
+            )
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            *args,
+            features_extractor_class=features_extractor_class,
+            **kwargs,
         )

@@ -89,14 +89,15 @@ class DormantRemedies:
 
     # --- measuring (called by the update, on its batch) -------------------------------------------------------
 
-    def _dormant_metrics(self, obs: th.Tensor, actions: th.Tensor) -> dict[str, float]:
-        """Dormant ratios of the networks in ``dormant_nets`` beyond the actor's (and per layer if asked)."""
+    def _dormant_metrics(self, obs: th.Tensor, actions: th.Tensor, actor_obs: th.Tensor) -> dict[str, float]:
+        """Dormant ratios of the networks in ``dormant_nets`` beyond the actor's (and per layer if asked); the actor
+        sees ``actor_obs`` (its own encoder's features when it has one)."""
         metrics: dict[str, float] = {}
         for name in self.dormant_nets:
             network = self._network(name)
             if network is None or (name == "actor" and not self.dormant_per_layer):
                 continue  # the actor's ratio is DrM's own, measured by the update
-            inputs = (obs, actions) if name == "critic" else (obs,)
+            inputs = (obs, actions) if name == "critic" else (actor_obs,) if name == "actor" else (obs,)
             ratio, layers = dormant_summary(
                 dormant_masks(network, *inputs, threshold=self.dormant_threshold), self.dormant_per_layer
             )
@@ -142,13 +143,13 @@ class DormantRemedies:
             return
         replay_data = sample()
         with th.no_grad():
-            obs = self.policy.encode(replay_data.observations, augment=True)
+            obs, actor_obs = self.policy.encode_both(replay_data.observations, augment=True)
         recycled = {}
         for name in self.redo_nets:
             network = self._network(name)
             if network is None:
                 continue
-            inputs = (obs, replay_data.actions) if name == "critic" else (obs,)
+            inputs = (obs, replay_data.actions) if name == "critic" else (actor_obs,) if name == "actor" else (obs,)
             recycled[name] = sum(redo(network, network.optimizer, *inputs, tau=self.redo_tau).values())
         self.redo_events.append(dict(update=n_updates, step=self.num_timesteps, recycled=recycled))
 

@@ -15,7 +15,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update
 
 from pvrw.drm.dormant import dormant_ratio
-from pvrw.drm.networks import Actor, Critic, ValueNetwork, sample_action
+from pvrw.drm.networks import Actor, Critic, ValueNetwork, min_q, sample_action
 
 if TYPE_CHECKING:
     from pvrw.drm.policies import DrMPolicy
@@ -49,11 +49,12 @@ class DrMUpdate:
     def _update(self, replay_data: ReplayBufferSamples, step: int) -> dict[str, float]:
         """One reference ``DrMAgent.update``: encode, dormant ratio, value, critic (+ encoder), actor, target EMA."""
         policy = self.policy
-        obs = policy.encode(replay_data.observations, augment=True)
+        # actor_obs: obs.detach() with DrM's shared encoder, the actor's own encoder's features otherwise
+        obs, actor_obs = policy.encode_both(replay_data.observations, augment=True)
         with th.no_grad():
-            next_obs = policy.encode(replay_data.next_observations, augment=True)
+            next_obs, next_actor_obs = policy.encode_both(replay_data.next_observations, augment=True)
 
-        self.dormant_ratio = dormant_ratio(self.actor, obs.detach(), threshold=self.dormant_threshold)
+        self.dormant_ratio = dormant_ratio(self.actor, actor_obs.detach(), threshold=self.dormant_threshold)
         awakening_allowed = self.variant == "drm_mw" or step > self.num_expl_steps
         if self.awaken_step is None and awakening_allowed and self.dormant_ratio < self.target_dormant_ratio:
             self.awaken_step = step
@@ -61,10 +62,10 @@ class DrMUpdate:
         lambda_ = self.exploitation_lambda()
         metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std, batch_reward=replay_data.rewards.mean().item())
         metrics["lambda"] = lambda_
-        metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions))  # type: ignore[attr-defined]
+        metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions, actor_obs.detach()))  # type: ignore[attr-defined]
         metrics.update(self._update_value(obs.detach(), replay_data.actions))
-        metrics.update(self._update_critic(obs, next_obs, replay_data, std, lambda_))
-        metrics.update(self._update_actor(obs.detach(), std))
+        metrics.update(self._update_critic(obs, next_obs, replay_data, std, lambda_, next_actor_obs))
+        metrics.update(self._update_actor(obs.detach(), std, actor_obs))
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
         return metrics
 
@@ -72,8 +73,8 @@ class DrMUpdate:
         # Expectile regression of V(s) on min(Q1, Q2)(s, a) of the online critic (IQL-style). The reference lets these
         # Q values carry gradients into the critic and clears them before the critic step: no_grad is equivalent.
         with th.no_grad():
-            q1, q2 = self.critic(obs, actions)
-        error = self.value_net(obs) - th.min(q1, q2)
+            q = min_q(self.critic(obs, actions))
+        error = self.value_net(obs) - q
         weight = th.where(error > 0, 1.0 - self.expectile, self.expectile)
         value_loss = (weight * error.pow(2)).mean()
         self.value_net.optimizer.zero_grad(set_to_none=True)
@@ -82,19 +83,26 @@ class DrMUpdate:
         return dict(value_loss=value_loss.item())
 
     def _update_critic(
-        self, obs: th.Tensor, next_obs: th.Tensor, replay_data: ReplayBufferSamples, std: float, lambda_: float
+        self,
+        obs: th.Tensor,
+        next_obs: th.Tensor,
+        replay_data: ReplayBufferSamples,
+        std: float,
+        lambda_: float,
+        next_actor_obs: th.Tensor | None = None,
     ) -> dict[str, float]:
         # y = R^(n) + gamma^n [lambda V(s') + (1 - lambda) min(Q1', Q2')(s', a')], a' ~ pi(s') with noise clipped.
+        # next_actor_obs: the actor's features of s' when it has its own encoder (share_features_extractor=False)
         with th.no_grad():
-            next_actions = sample_action(self.actor(next_obs), std, clip=self.stddev_clip)
-            target_q1, target_q2 = self.critic_target(next_obs, next_actions)
-            target_v = th.min(target_q1, target_q2)
+            actor_input = next_obs if next_actor_obs is None else next_actor_obs
+            next_actions = sample_action(self.actor(actor_input), std, clip=self.stddev_clip)
+            target_v = min_q(self.critic_target(next_obs, next_actions))
             if self.value_net is not None:  # DrQ-v2 (variant="drqv2") has no value net: y = R + gamma^n min Q'
                 target_v = lambda_ * self.value_net(next_obs) + (1.0 - lambda_) * target_v
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             target_q = replay_data.rewards + (1.0 - replay_data.dones) * discounts * target_v
-        q1, q2 = self.critic(obs, replay_data.actions)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        q_values = self.critic(obs, replay_data.actions)
+        critic_loss = sum(F.mse_loss(q, target_q) for q in q_values)
         encoder_optimizer = self.policy.encoder_optimizer
         if encoder_optimizer is not None:
             encoder_optimizer.zero_grad(set_to_none=True)
@@ -105,15 +113,14 @@ class DrMUpdate:
             encoder_optimizer.step()
         return dict(
             critic_loss=critic_loss.item(),
-            critic_q1=q1.mean().item(),
-            critic_q2=q2.mean().item(),
+            **{f"critic_q{index}": q.mean().item() for index, q in enumerate(q_values[:2], start=1)},
             critic_target_q=target_q.mean().item(),
         )
 
-    def _update_actor(self, obs: th.Tensor, std: float) -> dict[str, float]:
-        actions = sample_action(self.actor(obs), std, clip=self.stddev_clip)
-        q1, q2 = self.critic(obs, actions)
-        actor_loss = -th.min(q1, q2).mean()
+    def _update_actor(self, obs: th.Tensor, std: float, actor_obs: th.Tensor | None = None) -> dict[str, float]:
+        # obs: the critic's (detached) features; actor_obs: the actor's own encoder's, if any
+        actions = sample_action(self.actor(obs if actor_obs is None else actor_obs), std, clip=self.stddev_clip)
+        actor_loss = -min_q(self.critic(obs, actions)).mean()
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor.optimizer.step()

@@ -153,6 +153,42 @@ class MetaWorldTask(gym.Wrapper):
         if goal_mode == "random":
             self._set_random_goals(raw, task_name)
         self.reseed(seed)
+        self._forward_writes = True  # from now on, see __setattr__
+
+    # --- the base env of the wrapper chain --------------------------------------------------------------------------
+    # Meta-World's env defines ``compute_reward(action, obs)``, which Stable-Baselines3's ``check_env`` takes for a
+    # GoalEnv's (``hasattr(env.unwrapped, "compute_reward")``) and then demands Dict observations. The task is the
+    # base env users see: ``env.unwrapped`` is this wrapper, which reads and writes the Meta-World env's attributes
+    # (``model``, ``data``, ``_target_pos``, ``seed`` ...) except ``compute_reward``, still reachable as
+    # ``env.unwrapped.metaworld_env.compute_reward`` or ``env.get_wrapper_attr("compute_reward")``.
+    _HIDDEN_ATTRIBUTES = frozenset({"compute_reward"})
+
+    @property
+    def unwrapped(self) -> gym.Env:
+        return self
+
+    @property
+    def metaworld_env(self) -> gym.Env:
+        """The Meta-World simulator env (``SawyerXYZEnv``) this task drives."""
+        return self.env.unwrapped
+
+    def __getattr__(self, name: str) -> Any:
+        env = self.__dict__.get("env")
+        if env is None or name.startswith("__") or name in self._HIDDEN_ATTRIBUTES:
+            raise AttributeError(
+                f"{type(self).__name__!r} has no attribute {name!r}"
+                + (" (Meta-World's is env.unwrapped.metaworld_env.compute_reward)" if name == "compute_reward" else "")
+            )
+        return getattr(env.unwrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # After __init__, a name the task does not have and the Meta-World env does is the Meta-World env's, as
+        # before this wrapper was the base env (e.g. env.unwrapped._freeze_rand_vec = True)
+        env = self.__dict__.get("env")
+        if self.__dict__.get("_forward_writes") and name not in self.__dict__ and name in vars(env.unwrapped):
+            setattr(env.unwrapped, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @staticmethod
     def _set_random_goals(raw: Any, task_name: str) -> None:

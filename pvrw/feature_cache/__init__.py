@@ -16,6 +16,7 @@ _LAZY_EXPORTS = {
     "FeatureCacheError": "pvrw.feature_cache._h5",
     "FeatureSetMismatchError": "pvrw.feature_cache._h5",
     "FileBusyError": "pvrw.feature_cache._h5",
+    "DiskFullError": "pvrw._diskspace",
     # content-addressed cache (content_cache.py)
     "CachedBackbone": "pvrw.feature_cache.content_cache",
     "hash_frames": "pvrw.feature_cache.content_cache",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -26,12 +27,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 COUNTER = "committed"
 SLOT_ATTR = "count_slot"
 _BUSY_MARKER = "already open for write"
+_TRUNCATED = re.compile(r"truncated file: eof = (?P<size>\d+),.*stored_eof = (?P<stored>\d+)")
 
 
 class FeatureCacheError(Exception):
@@ -63,6 +67,13 @@ def describe_open_error(path: str | os.PathLike, error: OSError, expected_format
         return FileBusyError(
             f"{path} is open for writing by another process (or one died while setting it up). Wait for it to finish;"
             f" if no writer is running, clear the flag with `h5clear -s {path}` (hdf5-tools) and retry."
+        )
+    cut = _TRUNCATED.search(str(error))
+    if cut:
+        return FeatureCacheError(
+            f"{path} is truncated: it has {cut['size']} of the {cut['stored']} bytes its HDF5 header records (a copy"
+            f" or a write was cut off) and cannot be read as a {expected_format} file. Restore a complete copy, or"
+            " delete it and write it again"
         )
     return FeatureCacheError(
         f"{path} is not a readable HDF5 file ({error}); it is corrupt or not a {expected_format} file."
@@ -96,8 +107,8 @@ def _checked(f: h5py.File, expected_format: str) -> h5py.File:
     return f
 
 
-def open_for_reading(path: str | os.PathLike, expected_format: str, rdcc_nbytes: int = 64 << 20) -> h5py.File:
-    """Open read-only in SWMR-read mode, which also works while a writer appends and after a writer was killed.
+def _open_swmr_reader(path: str | os.PathLike, what: str, rdcc_nbytes: int = 64 << 20) -> h5py.File:
+    """Open any HDF5 file read-only in SWMR-read mode, after checking its integrity; ``what`` names it in errors.
 
     A writer that is still setting the file up (before it enters SWMR mode) makes HDF5 refuse readers; that phase is
     short, so this retries for about two seconds before giving up with :class:`FileBusyError`.
@@ -109,27 +120,48 @@ def open_for_reading(path: str | os.PathLike, expected_format: str, rdcc_nbytes:
         h5py.File(path, "r").close()
     except OSError as error:
         if not _is_busy_error(error):
-            raise describe_open_error(path, error, expected_format) from None
+            raise describe_open_error(path, error, what) from None
     while True:
         try:
-            f = h5py.File(path, "r", libver="latest", swmr=True, rdcc_nbytes=rdcc_nbytes, rdcc_nslots=1_000_003)
-            break
+            return h5py.File(path, "r", libver="latest", swmr=True, rdcc_nbytes=rdcc_nbytes, rdcc_nslots=1_000_003)
         except OSError as error:
             if _is_busy_error(error) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
-            raise describe_open_error(path, error, expected_format) from None
-    return _checked(f, expected_format)
+            raise describe_open_error(path, error, what) from None
+
+
+def open_for_reading(path: str | os.PathLike, expected_format: str, rdcc_nbytes: int = 64 << 20) -> h5py.File:
+    """Open a pvrw file of ``expected_format`` read-only in SWMR-read mode, which also works while a writer appends
+    and after a writer was killed (see :func:`_open_swmr_reader`)."""
+    return _checked(_open_swmr_reader(path, expected_format, rdcc_nbytes), expected_format)
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """The ``pvrw_format`` attribute of an HDF5 file (``""`` if it has none), checked like :func:`open_for_reading`.
+
+    :raises FeatureCacheError: if the file is missing, truncated, corrupt or busy being set up.
+    """
+    with _open_swmr_reader(path, "pvrw", rdcc_nbytes=1 << 20) as f:
+        return str_attr(f, "pvrw_format")
 
 
 def _create_empty(path: Path, expected_format: str, attrs: Mapping[str, Any]) -> None:
     """Create a new file with its format attributes; atomic (a kill leaves either no file or a complete one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w", libver="latest") as f:
-        f.attrs["pvrw_format"] = expected_format
-        f.attrs["pvrw_format_version"] = FORMAT_VERSION
-        for key, value in attrs.items():
-            f.attrs[key] = value
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs["pvrw_format"] = expected_format
+            f.attrs["pvrw_format_version"] = FORMAT_VERSION
+            for key, value in attrs.items():
+                f.attrs[key] = value
+    except Exception as error:
+        tmp.unlink(missing_ok=True)
+        code = disk_full_errno(error)
+        if code is None:
+            raise
+        head = f"could not create {path} ({format_bytes(free_bytes(path))} free)"
+        raise DiskFullError(f"disk full: {head}; free space and retry", code, what=str(path), head=head) from error
     try:
         os.link(tmp, path)  # fails if another process created it meanwhile; theirs wins
     except FileExistsError:
@@ -165,6 +197,14 @@ def recover(path: str | os.PathLike, expected_format: str) -> None:
     """Rewrite a file whose writer died: keep committed rows only, clear the open-for-write flag, replace atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.recover.tmp")
+    needed, free = path.stat().st_size + (1 << 20), free_bytes(path)
+    if free < needed:  # checked first: HDF5 crashes closing a file whose write failed for lack of space
+        head = (
+            f"could not recover {path}, whose writer died: its copy needs {format_bytes(needed)},"
+            f" {format_bytes(free)} are free"
+        )
+        message = f"disk full: {head}; the file is unchanged. Free space and retry"
+        raise DiskFullError(message, what=f"a recovered copy of {path}", head=head, written=needed)
     src = open_for_reading(path, expected_format)
     try:
         with h5py.File(tmp, "w", libver="latest") as dst:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pvrw._diskspace import DiskFullError
 from pvrw.feature_cache._h5 import FeatureCacheError
 from pvrw.feature_cache.content_cache import hash_frames
 from pvrw.feature_cache.recording import EpisodeDataset
@@ -53,22 +54,26 @@ def extract_features(
     if len(set(names)) != len(names):
         raise ValueError(f"each backbone may appear once, got {names}")
     report: dict[str, dict[str, int]] = {}
-    with EpisodeDataset(frames_path) as dataset, FeatureStore(out, "a") as store:
-        total = dataset.num_frames if max_frames is None else min(max_frames, dataset.num_frames)
-        store.require_episode_index(dataset.uuid, os.fspath(frames_path))
-        feature_sets = [
-            store.require_set(FeatureSpec.from_backbone(b, dtype=dtype), compression=compression) for b in backbones
-        ]
-        _copy_episode_index(dataset, store)
-        for backbone, feature_set in zip(backbones, feature_sets):
-            done = len(feature_set)
-            if done > total and max_frames is None:
-                raise FeatureCacheError(
-                    f"{out}: set {feature_set.name!r} has {done} rows, the dataset only {total} frames"
-                )
-            end = _extract_one(dataset, backbone, feature_set, done, total, batch_size, progress)
-            report[feature_set.name] = {"done_before": done, "extracted": max(0, end - done), "total": total}
-            logger.info("%s: %s rows %d..%d of %d", out, feature_set.name, done, end, total)
+    total = 0
+    try:
+        with EpisodeDataset(frames_path) as dataset, FeatureStore(out, "a") as store:
+            total = dataset.num_frames if max_frames is None else min(max_frames, dataset.num_frames)
+            store.require_episode_index(dataset.uuid, os.fspath(frames_path))
+            feature_sets = [
+                store.require_set(FeatureSpec.from_backbone(b, dtype=dtype), compression=compression) for b in backbones
+            ]
+            _copy_episode_index(dataset, store)
+            for backbone, feature_set in zip(backbones, feature_sets):
+                done = len(feature_set)
+                if done > total and max_frames is None:
+                    raise FeatureCacheError(
+                        f"{out}: set {feature_set.name!r} has {done} rows, the dataset only {total} frames"
+                    )
+                end = _extract_one(dataset, backbone, feature_set, done, total, batch_size, progress)
+                report[feature_set.name] = {"done_before": done, "extracted": max(0, end - done), "total": total}
+                logger.info("%s: %s rows %d..%d of %d", out, feature_set.name, done, end, total)
+    except DiskFullError as error:
+        raise _disk_full_error(error, out, names, total) from error
     return report
 
 
@@ -86,6 +91,7 @@ def _extract_one(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pvrw-extract-writer")
     in_flight = None
     committed = start
+    failed = False
     try:
         frames = dataset.frames(start, min(start + batch_size, total)) if start < total else None
         while frames is not None:
@@ -98,14 +104,41 @@ def _extract_one(
                 if bar is not None:
                     bar.update(committed - bar.n)
             in_flight = writer.submit(feature_set.append, features, hashes)
+    except BaseException:
+        failed = True
+        raise
     finally:
         if in_flight is not None:
-            committed = in_flight.result()  # never leave an append behind (also on Ctrl-C)
+            try:
+                committed = in_flight.result()  # never leave an append behind (also on Ctrl-C)
+            except BaseException:
+                if not failed:  # else it is the error being raised, or one that happened after it
+                    raise
         writer.shutdown(wait=True)
         if bar is not None:
             bar.update(committed - bar.n)
             bar.close()
     return committed
+
+
+def _disk_full_error(error: DiskFullError, out: str | os.PathLike, names: list[str], total: int) -> DiskFullError:
+    """The store's disk-full error, with what is committed and how to continue."""
+    try:
+        done = {}
+        if os.path.exists(out):
+            with FeatureStore(out, "r") as store:
+                done = {name: len(store.get_set(name)) for name in names if name in store}
+        committed = ", ".join(f"{name} {n} of {total} frames" for name, n in done.items()) or "none"
+    except (FeatureCacheError, OSError):  # e.g. still open here: HDF5 could not close it
+        committed = f"the rows committed before (`pvrw cache info {out}` counts them)"
+    return DiskFullError(
+        f"disk full: {error.head}; committed and intact: {committed}. Free space, then run the same"
+        " extraction (same --out) again: it continues after the committed frames",
+        error.errno,
+        what=error.what,
+        head=error.head,
+        written=error.written,
+    )
 
 
 def _copy_episode_index(dataset: EpisodeDataset, store: FeatureStore) -> None:

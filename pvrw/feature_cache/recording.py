@@ -30,6 +30,7 @@ import numpy as np
 
 from pvrw.feature_cache import _h5
 from pvrw.feature_cache._h5 import FeatureCacheError, Table
+from pvrw.feature_cache._space import FullDiskGuard
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ class EpisodeWriter:
         self.path = os.fspath(path)
         self.frame_shape = tuple(int(d) for d in frame_shape)
         self.action_dim = int(action_dim)
+        self._guard = FullDiskGuard(self.path)  # a full disk: one error, the file closed with its episodes kept
         self._file = _h5.open_for_writing(self.path, FORMAT, {"dataset_uuid": uuid.uuid4().hex})
         try:
-            self._setup(attrs)
-            _h5.start_swmr(self._file)
+            with self._guard.writing(lambda: self._file, "the dataset's tables"):
+                self._setup(attrs)
+                _h5.start_swmr(self._file)
         except Exception:
-            self._file.close()
+            self._guard.close(self._file)
             raise
         self._table = Table(self._file)
 
@@ -130,9 +133,6 @@ class EpisodeWriter:
             "truncated": truncated,
             "success": success,
         }
-        frame_end = self._table.append("frames", frames, n_frames)
-        for name, values in columns.items():
-            step_end = self._table.append(name, np.asarray(values, dtype=_STEP_COLUMNS[name]), n_steps)
         episode = {
             "episode_frame_start": n_frames,
             "episode_step_start": n_steps,
@@ -141,13 +141,17 @@ class EpisodeWriter:
             "episode_return": float(np.sum(rewards, dtype=np.float64)),
             "episode_success": bool(np.any(success)),
         }
-        for name, value in episode.items():
-            self._table.append(name, np.asarray([value], dtype=_EPISODE_COLUMNS[name]), n_episodes)
-        self._table.commit([frame_end, step_end, n_episodes + 1])
+        with self._guard.writing(lambda: self._file, f"episode {n_episodes} ({steps} steps)", frames.nbytes):
+            frame_end = self._table.append("frames", frames, n_frames)
+            for name, values in columns.items():
+                step_end = self._table.append(name, np.asarray(values, dtype=_STEP_COLUMNS[name]), n_steps)
+            for name, value in episode.items():
+                self._table.append(name, np.asarray([value], dtype=_EPISODE_COLUMNS[name]), n_episodes)
+            self._table.commit([frame_end, step_end, n_episodes + 1])
         return n_episodes + 1
 
     def close(self) -> None:
-        self._file.close()
+        self._guard.close(self._file)
 
     def __enter__(self) -> EpisodeWriter:
         return self

@@ -13,6 +13,7 @@ Layout of a ``pvrw.features`` file::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import numpy as np
 from pvrw.feature_cache import _h5
 from pvrw.feature_cache._chunk_cache import ChunkCache
 from pvrw.feature_cache._h5 import FeatureCacheError, FeatureSetMismatchError, Table
+from pvrw.feature_cache._space import FullDiskGuard
 
 FORMAT = "pvrw.features"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -172,12 +174,14 @@ class FeatureSet:
             frame_hashes = np.zeros((len(features), HASH_BYTES), dtype=np.uint8)
         if len(frame_hashes) != len(features):
             raise ValueError(f"{len(frame_hashes)} frame hashes for {len(features)} feature rows")
-        self.store._ensure_swmr()
-        table = self._table
-        start = int(table.counts()[0])
-        table.append("features", encode(features, self.spec.dtype), start)
-        end = table.append("frame_hash", np.asarray(frame_hashes, dtype=np.uint8), start)
-        table.commit([end])
+        stored = encode(features, self.spec.dtype)
+        with self.store._writing(f"{len(stored)} rows of feature set {self.name!r}", stored.nbytes):
+            self.store._ensure_swmr()
+            table = self._table
+            start = int(table.counts()[0])
+            table.append("features", stored, start)
+            end = table.append("frame_hash", np.asarray(frame_hashes, dtype=np.uint8), start)
+            table.commit([end])
         self._n = end
         return end
 
@@ -247,6 +251,7 @@ class FeatureStore:
         self._cache_bytes = cache_bytes
         self._swmr = False
         self._file_generation = 0
+        self._guard = FullDiskGuard(self.path)
         self._file = self._open()
         self._sets: dict[str, FeatureSet] = {}
 
@@ -271,6 +276,10 @@ class FeatureStore:
         if not self._swmr:
             _h5.start_swmr(self._file)
             self._swmr = True
+
+    def _writing(self, what: str, nbytes: int = 0) -> contextlib.AbstractContextManager[None]:
+        """Context of a write: a full disk closes the file (committed rows kept) and raises DiskFullError."""
+        return self._guard.writing(lambda: self._file, what, nbytes)
 
     # --- sets ---
     def set_names(self) -> list[str]:
@@ -304,13 +313,14 @@ class FeatureStore:
         if name in self:
             spec.check_matches(FeatureSpec.from_attrs(self._file["sets"][name]), f"feature set {name!r} in {self.path}")
             return self.get_set(name)
-        self._ensure_setup_mode()
-        group = self._file.require_group("sets").create_group(name)
-        spec.write_attrs(group)
-        table = Table.create(group, n_slots=1)
-        table.create_column("features", spec.output_shape, _STORAGE[spec.dtype], compression=compression)
-        table.create_column("frame_hash", (HASH_BYTES,), np.uint8, chunk_rows=4096)
-        self._file.flush()
+        with self._writing(f"feature set {name!r}"):
+            self._ensure_setup_mode()
+            group = self._file.require_group("sets").create_group(name)
+            spec.write_attrs(group)
+            table = Table.create(group, n_slots=1)
+            table.create_column("features", spec.output_shape, _STORAGE[spec.dtype], compression=compression)
+            table.create_column("frame_hash", (HASH_BYTES,), np.uint8, chunk_rows=4096)
+            self._file.flush()
         return self.get_set(name)
 
     # --- episode index (written by extraction) ---
@@ -345,30 +355,31 @@ class FeatureStore:
                     " write to a new --out file"
                 )
             return
-        self._ensure_setup_mode()
-        group = self._file.create_group("episodes")
-        group.attrs["source_uuid"] = source_uuid
-        group.attrs["source_path"] = os.path.abspath(source_path)
-        table = Table.create(group, n_slots=1)
-        table.create_column("frame_start", (), np.int64, compression=None, chunk_rows=4096)
-        table.create_column("num_frames", (), np.int64, compression=None, chunk_rows=4096)
-        self._file.flush()
+        with self._writing("the episode index"):
+            self._ensure_setup_mode()
+            group = self._file.create_group("episodes")
+            group.attrs["source_uuid"] = source_uuid
+            group.attrs["source_path"] = os.path.abspath(source_path)
+            table = Table.create(group, n_slots=1)
+            table.create_column("frame_start", (), np.int64, compression=None, chunk_rows=4096)
+            table.create_column("num_frames", (), np.int64, compression=None, chunk_rows=4096)
+            self._file.flush()
 
     def append_episodes(self, frame_start: np.ndarray, num_frames: np.ndarray) -> None:
-        self._ensure_swmr()
-        table = Table(self._file["episodes"])
-        start = int(table.counts()[0])
-        table.append("frame_start", np.asarray(frame_start, dtype=np.int64), start)
-        end = table.append("num_frames", np.asarray(num_frames, dtype=np.int64), start)
-        table.commit([end])
+        with self._writing(f"{len(frame_start)} episodes of the episode index", 16 * len(frame_start)):
+            self._ensure_swmr()
+            table = Table(self._file["episodes"])
+            start = int(table.counts()[0])
+            table.append("frame_start", np.asarray(frame_start, dtype=np.int64), start)
+            end = table.append("num_frames", np.asarray(num_frames, dtype=np.int64), start)
+            table.commit([end])
 
     # --- lifecycle ---
     def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
-        if self._file:
-            self._file.close()
+        self._guard.close(self._file)
 
     def __enter__(self) -> FeatureStore:
         return self

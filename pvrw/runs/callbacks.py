@@ -1,7 +1,9 @@
 """The SB3 callback that turns ``model.learn`` into a run: metrics rows, periodic evaluation, checkpoints, progress.
 
 One callback rather than four, because their order matters for resuming: at a step where both are due, the
-evaluation row is written before the checkpoint, so the checkpoint's ``metrics.csv`` prefix holds it.
+evaluation row is written before the checkpoint, so the checkpoint's ``metrics.csv`` prefix holds it. A due
+checkpoint waits for the end of the training episode (a simulator's mid-episode state cannot be saved; at an episode
+boundary the random state is all there is, see :mod:`pvrw.runs.rng_state`), at most ``checkpoint_every`` frames.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from pvrw.runs.checkpoint import CheckpointInfo, save_checkpoint
 from pvrw.runs.evaluation import EvalResult, evaluate
+from pvrw.runs.faults import kill_point
 from pvrw.runs.layout import RUNNING, RunDir, RunStatus
 from pvrw.runs.metrics import MetricsWriter
+from pvrw.runs.rng_state import at_episode_start, capture_run_state, records_resets
 
 # where an algorithm may expose the actor's dormant ratio, first found wins
 _DORMANT_ATTRS = ("dormant_ratio", "actor_dormant_ratio")
@@ -53,6 +57,7 @@ class RunCallback(BaseCallback):
     :param status: the run's status, updated at each checkpoint.
     :param episodes: training episodes finished before this ``learn`` call (resume).
     :param wall_time: seconds of training before this ``learn`` call (resume).
+    :param resumed_from: the checkpoint this ``learn`` call resumes from (its evaluation is not repeated).
     :param progress: show a tqdm progress bar.
     :param eval_seed: seed of each evaluation's first reset (every evaluation then sees the same tasks).
     """
@@ -74,6 +79,7 @@ class RunCallback(BaseCallback):
         wall_time: float = 0.0,
         progress: bool = True,
         eval_seed: int | None = None,
+        resumed_from: CheckpointInfo | None = None,
     ):
         super().__init__()
         self.eval_seed = eval_seed
@@ -85,8 +91,8 @@ class RunCallback(BaseCallback):
         self._start = time.time()
         self._bar: Any = None
         self.last_eval: EvalResult | None = None
-        self.last_eval_frames: int | None = None
-        self.last_checkpoint: CheckpointInfo | None = None
+        self.last_eval_frames: int | None = None if resumed_from is None else resumed_from.last_eval_frames
+        self.last_checkpoint: CheckpointInfo | None = resumed_from
         self._last_reward: float | None = None
         self._last_success: float | None = None
 
@@ -121,6 +127,7 @@ class RunCallback(BaseCallback):
                 self._log_episode(info)
         if self._bar is not None:
             self._bar.update(self.frames - self._bar.n)
+        kill_point("step", self.frames)
         return True
 
     def _on_rollout_start(self) -> None:
@@ -130,9 +137,14 @@ class RunCallback(BaseCallback):
         if self.frames >= self._next_eval:
             self.run_evaluation()
             self._next_eval = self._next_multiple(self.frames, self.eval_every)
-        if self.frames >= self._next_checkpoint:
+        if self.frames >= self._next_checkpoint and not self._wait_for_episode_end():
             self.checkpoint()
             self._next_checkpoint = self._next_multiple(self.frames, self.checkpoint_every)
+
+    def _wait_for_episode_end(self) -> bool:
+        """Whether a due checkpoint waits: mid-episode, unless it has waited ``checkpoint_every`` frames already."""
+        overdue = self.frames >= self._next_checkpoint + self.checkpoint_every
+        return records_resets(self.model) and not at_episode_start(self.model) and not overdue
 
     def _on_training_end(self) -> None:
         self.close_progress()
@@ -178,6 +190,7 @@ class RunCallback(BaseCallback):
             return self.last_eval
         video_path = self.run_dir.videos / f"eval_{self.frames:010d}.mp4" if self.video else None
         result = evaluate(self.model, self.eval_env, self.eval_episodes, video_path=video_path, seed=self.eval_seed)
+        kill_point("eval", self.frames)
         self._write_row(
             "eval",
             reward=result.reward,
@@ -192,11 +205,12 @@ class RunCallback(BaseCallback):
             self.logger.record("eval/success_rate", result.success)
             self.logger.record("eval/success_rate_final_step", result.success_final)
         self.last_eval, self.last_eval_frames = result, self.frames
+        kill_point("eval-done", self.frames)
         self._refresh_bar()
         return result
 
     def checkpoint(self) -> CheckpointInfo:
-        """Save model + replay buffer atomically now, then record it in ``status.json``."""
+        """Save model, replay buffer and random state atomically now, then record it in ``status.json``."""
         info = save_checkpoint(
             self.model,
             self.run_dir,
@@ -204,11 +218,15 @@ class RunCallback(BaseCallback):
             episodes=self.episodes,
             wall_time=self.wall_time,
             save_replay_buffer=self.save_replay_buffer,
+            metrics_rows=self.writer.rows,
+            last_eval_frames=self.last_eval_frames,
+            state=capture_run_state(self.model, self.eval_env),
         )
         self.last_checkpoint = info
         self.status.state, self.status.frames, self.status.total_frames = RUNNING, info.frames, self.total_frames
         self.status.checkpoint, self.status.wall_time = f"checkpoints/{info.dir}", info.wall_time
         self.status.write(self.run_dir)
+        kill_point("checkpoint-done", info.frames)
         return info
 
     def _refresh_bar(self) -> None:

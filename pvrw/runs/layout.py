@@ -7,7 +7,7 @@
       status.json        state of the run (see RunStatus); the only file a sweep backend needs to read
       metrics.csv        one row per training episode and per evaluation (append-only)
       tb/                TensorBoard events
-      checkpoints/       latest.json -> step_<agent steps>/{model.zip, replay_buffer.pkl}
+      checkpoints/       latest.json -> frame_<frames>/{model.zip, replay_buffer.pkl, state.pkl, checkpoint.json}
       videos/            evaluation videos
       plot.png           learning curves, written at the end of training
       eval.json          the last `pvrw eval` result

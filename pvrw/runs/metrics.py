@@ -1,8 +1,9 @@
 """``metrics.csv``: one append-only, flushed row per training episode and per evaluation.
 
 Each row is written with ``flush`` + ``fsync``, so a killed run loses at most the row being written; a partial
-last line is dropped when the file is read or truncated. On resume the rows after the checkpoint are cut
-(:func:`truncate_metrics`) so that the file describes exactly the training the checkpoint holds.
+last line is dropped when the file is read or truncated. Each checkpoint records how many rows were written before
+it; on resume the rows after those are cut (:func:`truncate_metrics`), so that the file describes exactly the
+training the checkpoint holds and the resumed run writes each later row once.
 """
 
 from __future__ import annotations
@@ -44,11 +45,15 @@ def _fmt(value: Any) -> str:
 
 
 class MetricsWriter:
-    """Appends rows to ``metrics.csv`` (writing the header to a new file), each one flushed to disk."""
+    """Appends rows to ``metrics.csv`` (writing the header to a new file), each one flushed to disk.
+
+    :ivar rows: rows in the file (those there when it was opened, complete lines, plus those written since)
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         new = not self.path.exists() or self.path.stat().st_size == 0
+        self.rows = 0 if new else max(0, len(_complete_lines(self.path.read_text())) - 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 (kept open for the run)
         self._writer = csv.DictWriter(self._file, fieldnames=FIELDS, extrasaction="raise")
@@ -63,6 +68,7 @@ class MetricsWriter:
             raise KeyError(f"unknown metrics column(s) {sorted(unknown)}; columns are {FIELDS}")
         self._writer.writerow({k: _fmt(row.get(k)) for k in FIELDS})
         self._sync()
+        self.rows += 1
 
     def _sync(self) -> None:
         self._file.flush()
@@ -114,8 +120,9 @@ def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict[
     return rows
 
 
-def truncate_metrics(path: str | os.PathLike, max_steps: int) -> int:
-    """Keep the header and the complete rows with ``steps <= max_steps``; return how many rows were kept.
+def truncate_metrics(path: str | os.PathLike, max_steps: int | None = None, rows: int | None = None) -> int:
+    """Keep the header and the first ``rows`` complete rows (as :class:`MetricsWriter` counts them), or the complete
+    rows with ``steps <= max_steps`` (checkpoints that did not record their row count); return how many were kept.
 
     The file is replaced atomically, so a kill during truncation leaves either the old or the new file.
     """
@@ -126,19 +133,25 @@ def truncate_metrics(path: str | os.PathLike, max_steps: int) -> int:
     if not lines:
         path.unlink()
         return 0
-    header, kept = lines[0], [lines[0]]
-    steps_index = header.split(",").index("steps")
-    for line in lines[1:]:
-        cells = next(csv.reader([line]), [])
-        if len(cells) != len(FIELDS):
-            continue
-        try:
-            if int(cells[steps_index]) <= max_steps:
-                kept.append(line)
-        except ValueError:
-            continue
-    atomic_write_text(path, "\n".join(kept) + "\n")
-    return len(kept) - 1
+    header, body = lines[0], lines[1:]
+    if rows is not None:
+        kept = body[:rows]
+    else:
+        if max_steps is None:
+            raise TypeError("truncate_metrics needs max_steps or rows")
+        steps_index = header.split(",").index("steps")
+        kept = []
+        for line in body:
+            cells = next(csv.reader([line]), [])
+            if len(cells) != len(FIELDS):
+                continue
+            try:
+                if int(cells[steps_index]) <= max_steps:
+                    kept.append(line)
+            except ValueError:
+                continue
+    atomic_write_text(path, "\n".join([header, *kept]) + "\n")
+    return len(kept)
 
 
 def last_value(rows: Iterable[dict[str, Any]], key: str) -> Any:

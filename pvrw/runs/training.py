@@ -2,12 +2,15 @@
 
 This is the one entry point every backend calls (``pvrw train``, the local sweep queue, a Ray trial): it is
 idempotent. A finished run returns at once; an unfinished one (stopped, killed, failed) continues from its
-last checkpoint, with ``metrics.csv`` cut back to that checkpoint, so nothing is lost but the steps after it.
+last checkpoint, with ``metrics.csv`` cut back to that checkpoint, so nothing is lost but the steps after it. The
+checkpoint holds the random and rollout state too, so on CPU the resumed run ends bit-identical to an unbroken one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import importlib
 import os
 import traceback
@@ -15,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pvrw._diskspace import DiskFullError, disk_full_errno, format_bytes, free_bytes, tree_bytes
 from pvrw.runs.config import ConfigError, RunConfig, load_algo_class, load_config, save_config
 from pvrw.runs.layout import FAILED, FINISHED, RUNNING, RunDir, RunStatus, remove_run_files
 from pvrw.runs.lock import holding_run_lock
@@ -114,9 +118,11 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     from stable_baselines3.common.monitor import Monitor
 
     from pvrw.runs.callbacks import RunCallback
-    from pvrw.runs.checkpoint import latest_checkpoint, load_checkpoint
+    from pvrw.runs.checkpoint import latest_checkpoint, load_checkpoint, load_checkpoint_state
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
+    from pvrw.runs.faults import kill_point
     from pvrw.runs.metrics import MetricsWriter, truncate_metrics
+    from pvrw.runs.rng_state import RecordResetState, restore_run_state
 
     from pvrw.runs.envs import check_run_setup
 
@@ -138,15 +144,16 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     env = eval_env = writer = callback = None
     try:
         backbone = make_backbone(config)
-        env = Monitor(make_run_env(config, backbone=backbone))
+        env = Monitor(RecordResetState(make_run_env(config, backbone=backbone)))
         eval_env = make_run_env(config, evaluation=True, record_frames=config.video, backbone=backbone)
         checkpoint = latest_checkpoint(rd)
         if checkpoint is not None:
             model, checkpoint = load_checkpoint(
-                load_algo_class(config.algo), rd, env, device=resolve_device(config.device)
+                load_algo_class(config.algo), rd, env, device=resolve_device(config.device), info=checkpoint
             )
-            model._last_obs = None  # the env is new: SB3 must reset it instead of reusing the saved observation
-            truncate_metrics(rd.metrics, checkpoint.steps)
+            truncate_metrics(rd.metrics, checkpoint.steps, rows=checkpoint.metrics_rows)
+            if checkpoint.metrics_rows is None:  # an older checkpoint: its evaluation is the last eval row kept
+                checkpoint.last_eval_frames = _evaluated_at(rd, checkpoint.frames)
             episodes, wall_time = checkpoint.episodes, checkpoint.wall_time
         else:
             model = build_model(config, env)
@@ -173,7 +180,16 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
             wall_time=wall_time,
             progress=progress,
             eval_seed=config.seed + EVAL_SEED_OFFSET,
+            resumed_from=checkpoint,
         )
+        if checkpoint is not None:  # last, so that nothing draws from the restored generators before learn
+            problems = restore_run_state(model, eval_env, load_checkpoint_state(rd, checkpoint))
+            if problems:
+                warnings.warn(
+                    f"{rd.root}: resuming from checkpoints/{checkpoint.dir}, not exactly as an unbroken run would "
+                    f"continue: {'; '.join(problems)}",
+                    stacklevel=2,
+                )
         remaining = config.total_timesteps - model.num_timesteps
         if remaining > 0:
             model.learn(remaining, callback=callback, reset_num_timesteps=checkpoint is None, log_interval=1)
@@ -184,26 +200,78 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
             callback.checkpoint()
         writer.close()
         _final_plot(rd)
+        kill_point("finishing")
         status.state, status.frames = FINISHED, callback.frames
         status.write(rd)
         return status
     except BaseException as err:
+        failure = _disk_full_error(rd, err) if disk_full_errno(err) is not None else err
         status.state = FAILED
         status.error = (
             "interrupted"
             if isinstance(err, KeyboardInterrupt)
-            else "".join(traceback.format_exception_only(type(err), err)).strip()
+            else "".join(traceback.format_exception_only(type(failure), failure)).strip()
         )
-        status.write(rd)
-        raise
+        try:
+            status.write(rd)
+        except OSError:
+            if failure is err:
+                raise
+            failure.message += f" ({rd.status.name} could not be updated either: it still says '{RUNNING}')"
+        if failure is err:
+            raise
+        raise failure from err
     finally:
         if callback is not None:
             callback.close_progress()  # before the caller reports the error, so the bar is not left on its line
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(OSError):  # still open only after an error, maybe a full disk: it was reported
+                writer.close()
         for e in (env, eval_env):
             if e is not None:
                 e.close()
+
+
+def _disk_full_error(rd: RunDir, error: BaseException) -> DiskFullError:
+    """One line for a run that filled its disk: what could not be written, the space needed, what is intact."""
+    from pvrw.runs.checkpoint import latest_checkpoint
+
+    what = getattr(error, "what", None) or (
+        f"{error.filename}" if getattr(error, "filename", None) else f"a file of the run in {rd.root}"
+    )
+    written = getattr(error, "written", 0)
+    free = f"{format_bytes(free_bytes(rd.root))} are free"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            last, known = latest_checkpoint(rd), True
+    except Exception:  # noqa: BLE001 (a damaged checkpoint: `--resume` says which; the disk is the news here)
+        last, known = None, False
+    if last is None:
+        space = f"a checkpoint needs more than {format_bytes(written)}, {free}" if written else free
+        intact = (
+            "No checkpoint was written yet, so training restarts at frame 0"
+            if known
+            else "`pvrw train --resume` checks which checkpoint is intact"
+        )
+    else:
+        space = f"a checkpoint needs about {format_bytes(max(written, tree_bytes(rd.checkpoints / last.dir)))}, {free}"
+        intact = (
+            f"The last checkpoint (frame {last.frames:,}, checkpoints/{last.dir}) and the metrics.csv rows up to it"
+            " are intact"
+        )
+    return DiskFullError(
+        f"disk full: could not write {what}; {space}. {intact}. Free space, then continue with"
+        f" `pvrw train --resume {rd.root}`",
+        disk_full_errno(error) or errno.ENOSPC,
+    )
+
+
+def _evaluated_at(rd: RunDir, frames: int) -> int | None:
+    """``frames`` if the last evaluation row of ``metrics.csv`` is at ``frames``, else ``None``."""
+    from pvrw.runs.metrics import last_value, read_metrics
+
+    return frames if last_value(read_metrics(rd.metrics, "eval"), "frames") == frames else None
 
 
 def _final_plot(rd: RunDir) -> None:
