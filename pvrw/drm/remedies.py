@@ -284,4 +284,7 @@ def rebuild_optimizers_and_target(policy: DrMPolicy, learning_rate: float) -> No
     for name in NETWORKS.values():
         module = getattr(policy, name)
         if module is not None:
-            module.optimizer = policy.optimizer_class(module.parameters(), lr=learning_rate, **policy.optimizer_kwargs)
+            parameters = list(module.parameters())
+            if name == "actor" and getattr(policy, "actor_features_extractor", None) is not None:
+                parameters += list(policy.actor_features_extractor.parameters())  # an actor with its own encoder
+            module.optimizer = policy.optimizer_class(parameters, lr=learning_rate, **policy.optimizer_kwargs)
