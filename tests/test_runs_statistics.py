@@ -141,10 +141,13 @@ def test_table_markdown_csv_json_and_the_correlation(sweep_root):
     lines = result.output.splitlines()
     rows = [line for line in lines if line.startswith("| test_runs_tinyenv")]
     assert len(rows) == 2 and "drm/none@36" in rows[0] and "drqv2/none@36" in rows[1]
-    assert "Spearman rho (final dormant ratio vs final any-step success)" in lines[-1] and "over 6 runs" in lines[-1]
+    assert lines[-2].startswith("Spearman rho, final dormant ratio vs final any-step success: ")
+    assert lines[-2].endswith("over 6 runs") or "not defined over 6 runs" in lines[-2]  # constant success: undefined
+    assert lines[-1].startswith("Spearman rho, final dormant ratio vs final reward: ") and "over 6 runs" in lines[-1]
 
     result = invoke("table", sweep_root, "--format", "csv", "--reps", 2000, "--success", "final-step")
     records = list(csv.DictReader(io.StringIO(result.output.split("\nSpearman")[0])))
+    assert result.output.count("Spearman") == 2
     assert [r["config"] for r in records] == ["drm/none@36", "drqv2/none@36"]
     assert all(r["seeds"] == "0,1,2" for r in records)
     drm_zip = next(sweep_root.rglob("drm_none_36/seed_0/checkpoints/step_*/model.zip"))

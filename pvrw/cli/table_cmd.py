@@ -28,7 +28,8 @@ def table(run_dirs: tuple[str, ...], fmt: str, out: str | None, threshold: float
     as mean +- std and as IQM with a 95% stratified-bootstrap CI over seeds; the median frame at which success
     first reaches --threshold (and how many seeds reached it); peak and final actor dormant ratio; trainable
     parameters (targets excluded); replay memory at full capacity; gradient updates per second of training
-    wall time. Then Spearman's correlation between final dormant ratio and final success over all runs.
+    wall time. Then Spearman's correlation between final dormant ratio and final success (the study's), and final
+    reward, over all runs.
 
     \b
     Examples:
@@ -37,7 +38,7 @@ def table(run_dirs: tuple[str, ...], fmt: str, out: str | None, threshold: float
     """
     from pvrw.runs.layout import atomic_write_text
     from pvrw.runs.plotting import group_runs
-    from pvrw.runs.table import dormant_success_correlation, format_table, table_rows
+    from pvrw.runs.table import dormant_correlation, format_table, table_rows
 
     runs = load_runs(run_dirs)
     rows, summaries = table_rows(group_runs(runs), success=success, threshold=threshold, reps=reps)
@@ -48,11 +49,13 @@ def table(run_dirs: tuple[str, ...], fmt: str, out: str | None, threshold: float
     else:
         click.echo(text, nl=False)
     err = fmt != "markdown" and not out  # keep CSV / JSON on stdout parseable
-    rho, p, n = dormant_success_correlation(summaries)
-    where = f"{len(runs)} runs" if n == len(runs) else f"{n} of {len(runs)} runs (the others lack one of them)"
-    if n < 3 or rho != rho:  # NaN: too few runs, or one variable constant
-        click.echo(f"Spearman rho (final dormant ratio vs final {success} success): not defined over {where}", err=err)
-    else:
-        pvalue = f", p = {p:.3g}" if p is not None else ""
-        click.echo(f"Spearman rho (final dormant ratio vs final {success} success) = {rho:+.3f}{pvalue} over {where}",
-                   err=err)  # fmt: skip
+    for other, what in (("success", f"final {success} success"), ("reward", "final reward")):
+        rho, p, n = dormant_correlation(summaries, other)
+        where = f"{n} runs" if n == len(runs) else f"{n} of {len(runs)} runs (the others lack one of the two)"
+        if n == 0:
+            line = f"no run has both a final dormant ratio and a {what}"
+        elif n < 3 or rho != rho:  # NaN: too few runs, or one variable constant
+            line = f"not defined over {where}"
+        else:
+            line = f"{rho:+.3f}" + (f", p = {p:.3g}" if p is not None else "") + f" over {where}"
+        click.echo(f"Spearman rho, final dormant ratio vs {what}: {line}", err=err)

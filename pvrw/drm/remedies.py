@@ -286,5 +286,5 @@ def rebuild_optimizers_and_target(policy: DrMPolicy, learning_rate: float) -> No
         if module is not None:
             parameters = list(module.parameters())
             if name == "actor" and getattr(policy, "actor_features_extractor", None) is not None:
-                parameters += list(policy.actor_features_extractor.parameters())  # share_features_extractor=False
+                parameters += list(policy.actor_features_extractor.parameters())  # an actor with its own encoder
             module.optimizer = policy.optimizer_class(parameters, lr=learning_rate, **policy.optimizer_kwargs)

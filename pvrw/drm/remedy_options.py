@@ -89,15 +89,18 @@ class DormantRemedies:
 
     # --- measuring (called by the update, on its batch) -------------------------------------------------------
 
-    def _dormant_metrics(self, obs: th.Tensor, actions: th.Tensor, actor_obs: th.Tensor) -> dict[str, float]:
+    def _dormant_metrics(
+        self, obs: th.Tensor, actions: th.Tensor, actor_obs: th.Tensor | None = None
+    ) -> dict[str, float]:
         """Dormant ratios of the networks in ``dormant_nets`` beyond the actor's (and per layer if asked); the actor
-        sees ``actor_obs`` (its own encoder's features when it has one)."""
+        sees ``actor_obs`` when it has an encoder of its own (default: ``obs``)."""
         metrics: dict[str, float] = {}
         for name in self.dormant_nets:
             network = self._network(name)
             if network is None or (name == "actor" and not self.dormant_per_layer):
                 continue  # the actor's ratio is DrM's own, measured by the update
-            inputs = (obs, actions) if name == "critic" else (actor_obs,) if name == "actor" else (obs,)
+            actor_input = obs if actor_obs is None else actor_obs
+            inputs = (obs, actions) if name == "critic" else (actor_input,) if name == "actor" else (obs,)
             ratio, layers = dormant_summary(
                 dormant_masks(network, *inputs, threshold=self.dormant_threshold), self.dormant_per_layer
             )

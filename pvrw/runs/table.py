@@ -6,8 +6,8 @@ dormant ratio (rows after ``learning_starts`` only: before the first update DrM 
 parameters (the saved policy's parameters without target networks), replay memory (the run's buffer at its full
 capacity, measured as ``pvrw params`` does) and gradient updates per second of training wall time (environment
 steps and evaluations included). Per configuration: mean +- std and the IQM with its 95 % stratified-bootstrap
-interval over seeds (:mod:`pvrw.runs.statistics`); the correlation between final dormant ratio and final success is
-computed over all runs.
+interval over seeds (:mod:`pvrw.runs.statistics`); the correlations between final dormant ratio and final success
+(the study's) and final reward are computed over all runs.
 """
 
 from __future__ import annotations
@@ -165,12 +165,14 @@ def table_rows(
     return rows, summaries
 
 
-def dormant_success_correlation(summaries: list[RunSummary]) -> tuple[float, float | None, int]:
-    """Spearman's rho between final dormant ratio and final success over the runs that have both: ``(rho, p, n)``."""
-    pairs = [(s.final_dormant, s.success) for s in summaries if s.final_dormant is not None and s.success is not None]
+def dormant_correlation(summaries: list[RunSummary], other: str = "success") -> tuple[float, float | None, int]:
+    """Spearman's rho between final dormant ratio and final ``other`` (``success`` or ``reward``) over the runs that
+    have both: ``(rho, p, n)``."""
+    pairs = [(s.final_dormant, getattr(s, other)) for s in summaries]
+    pairs = [pair for pair in pairs if None not in pair]
     if not pairs:
         return float("nan"), None, 0
-    rho, p = spearman(*np.array(pairs).T)
+    rho, p = spearman(*np.array(pairs, dtype=float).T)
     return rho, p, len(pairs)
 
 
