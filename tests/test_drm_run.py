@@ -172,7 +172,7 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="k>=2"):
         DrM("PiegPolicy", FrameStackObservation(RandomFrameEnv((8, 2, 2), np.float32), 1), **FAST)
     with pytest.raises(ValueError, match="Unknown DrM variant"):
-        DrM("MlpPolicy", "Pendulum-v1", variant="drqv2")
+        DrM("MlpPolicy", "Pendulum-v1", variant="drq")
     with pytest.raises(ValueError, match="stddev_type"):
         DrM("MlpPolicy", "Pendulum-v1", stddev_type="max")
     with pytest.raises(ValueError, match="augment=False"):

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "pvrw.cli.train_cmd:train",
     "eval": "pvrw.cli.eval_cmd:eval_",
     "plot": "pvrw.cli.plot_cmd:plot",
+    "table": "pvrw.cli.table_cmd:table",
     "sweep": "pvrw.cli.sweep_cmd:sweep",
     "params": "pvrw.cli.params_cmd:params",
     "bench": "pvrw.cli.bench_cmd:bench",
@@ -67,6 +68,7 @@ def main() -> None:
       pvrw train --preset smoke --out runs/smoke  # CPU minutes, end to end
       pvrw eval runs/smoke --episodes 10 --video
       pvrw plot runs/smoke -o smoke.png
+      pvrw table runs/                            # one row per configuration
       pvrw sweep --pvr all --seeds 5              # the study's grid
 
     Every command explains itself: pvrw COMMAND --help.

@@ -97,8 +97,8 @@ def _env_action_dim(env_id: str) -> int:
               help="Action dimension. [default: the --env's, 4 for Meta-World]")  # fmt: skip
 @click.option("--env", default=None, help="Task whose action dimension is used (built once to read it), e.g. "
               "metaworld/push-v3. [default: none, Meta-World's 4]")  # fmt: skip
-@click.option("--variant", type=click.Choice(["drm", "drm_mw"]), default="drm", show_default=True,
-              help="DrM variant (heads and n-step differ).")  # fmt: skip
+@click.option("--variant", type=click.Choice(["drm", "drm_mw", "drqv2"]), default="drm", show_default=True,
+              help="DrM variant (heads and n-step differ; drqv2 has no value net).")  # fmt: skip
 @click.option("--feature-dim", type=click.IntRange(min=1), default=50, show_default=True, help="DrM trunk output size.")
 @click.option("--hidden-dim", type=click.IntRange(min=1), default=1024, show_default=True, help="DrM head width.")
 @click.option("--buffer-size", type=click.IntRange(min=1), default=1_000_000, show_default=True,

@@ -67,9 +67,9 @@ _D = RunConfig()  # the study's defaults, quoted in the help
 )
 @click.option("--video/--no-video", default=None, help="Record the first episode of each evaluation. [default: video]")
 # algorithm arguments with an option of their own (the rest through --set); they go into algo_kwargs
-@click.option("--variant", type=click.Choice(["drm", "drm_mw"]), default=None, help="DrM variant: the original agent "
-              "(drm, the study's) or the Meta-World rewrite (drm_mw), each with its reference hyper-parameters. "
-              "[default: drm]")  # fmt: skip
+@click.option("--variant", type=click.Choice(["drm", "drm_mw", "drqv2"]), default=None, help="DrM variant: the "
+              "original agent (drm, the study's), the Meta-World rewrite (drm_mw), or the DrQ-v2 baseline (drqv2: no "
+              "dormant-ratio mechanisms), each with its reference hyper-parameters. [default: drm]")  # fmt: skip
 @click.option("--batch-size", type=int, default=None, help="Minibatch size. [default: the algorithm's; DrM 256]")
 @click.option("--learning-rate", type=float, default=None, help="Learning rate. [default: the algorithm's; DrM 1e-4]")
 @click.option(

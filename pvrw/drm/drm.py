@@ -18,15 +18,17 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
 from stable_baselines3.common.vec_env import VecEnv
 
 from pvrw.drm.buffers import DrMReplayBuffer
 from pvrw.drm.dict_buffers import DrMDictReplayBuffer, default_replay_buffer
+from pvrw.drm.drqv2 import DRQV2_DEFAULTS, DrQv2Variant, network_variant, remove_value_net
 from pvrw.drm.mechanisms import DormantMechanisms
-from pvrw.drm.networks import VARIANTS, Actor, Critic, ValueNetwork
+from pvrw.drm.networks import Actor, Critic, ValueNetwork
 from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, MultiInputPolicy, PiegPolicy
 from pvrw.drm.policy_kwargs import check_policy_kwargs, refuse_algorithm_kwargs
+from pvrw.drm.remedy_options import DormantRemedies
 from pvrw.drm.saved import check_model_zip, load_replay_buffer_file
 from pvrw.drm.schedules import ScheduleSpec, parse_step_schedule
 from pvrw.drm.update import DrMUpdate
@@ -43,11 +45,12 @@ SelfDrM = TypeVar("SelfDrM", bound="DrM")
 VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "drm": dict(n_steps=3, gamma=0.99, target_lambda=0.6, max_perturb_factor=0.9),
     "drm_mw": dict(n_steps=10, gamma=0.97, target_lambda=0.5, max_perturb_factor=0.95),
+    "drqv2": DRQV2_DEFAULTS,  # the DrQ-v2 baseline (drqv2.py)
 }
 STDDEV_TYPES = ("awake", "dormant")
 
 
-class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
+class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
     """
     DrM: dormant-ratio minimisation on top of DrQ-v2 (deterministic actor with scheduled exploration noise, clipped
     double Q, n-step returns, random-shift augmentation), with dormant-ratio-guided perturbation, exploration and
@@ -71,7 +74,8 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
     :param env: the environment to learn from (if registered in Gym, can be str)
     :param variant: ``"drm"`` (``agents/drm.py``: MLP Q-heads, dormant-dependent lambda, awakening only after
         ``num_expl_steps``; the default, as the study used it) or ``"drm_mw"`` (``agents/drm_mw.py``: Dropout +
-        LayerNorm Q-heads, constant lambda, awakening at any step)
+        LayerNorm Q-heads, constant lambda, awakening at any step) or ``"drqv2"`` (the DrQ-v2 baseline, see
+        :mod:`pvrw.drm.drqv2`: no value net, no perturbation, no awakening, std = ``stddev_schedule(step)``)
     :param learning_rate: learning rate of the four Adam optimizers (``lr``), constant or SB3 progress schedule
     :param buffer_size: replay buffer size
     :param learning_starts: agent steps collected before the first update (``num_seed_frames / action_repeat``)
@@ -106,6 +110,15 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
     :param target_lambda: lambda_hat (``drm``) or the constant lambda (``drm_mw``); None: variant default (0.6 / 0.5)
     :param lambda_temp: inverse temperature of the ``drm`` lambda (50); unused by ``drm_mw``
     :param expectile: expectile of the value regression (0.9)
+    :param dormant_nets: networks whose dormant ratio is measured at every update and logged as
+        ``train/{net}_dormant_ratio``: some of ``"actor"`` (always measured, DrM's beta), ``"critic"``, ``"value"``
+    :param dormant_per_layer: also log each ``nn.Linear`` layer's ratio (``train/{net}_dormant_ratio/{layer}``)
+    :param redo_interval: ReDo every this many gradient updates (0: off); see :mod:`pvrw.drm.remedies`
+    :param redo_tau: ReDo threshold on the layer-normalised score, ``<=`` (0.1)
+    :param redo_nets: networks ReDo recycles: some of ``"actor"``, ``"critic"``, ``"value"``
+    :param head_norm: LayerNorm after every hidden Linear of the actor, critic and value heads
+    :param reset_interval: re-initialise ``reset_nets`` every this many agent steps (0: off)
+    :param reset_nets: networks reset by ``reset_interval`` (the encoder never is)
     :param stats_window_size: window size for the rollout logging
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments for the policy, as SB3 spells them (``net_arch``, ``activation_fn``,
@@ -163,6 +176,14 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         target_lambda: float | None = None,
         lambda_temp: float = 50.0,
         expectile: float = 0.9,
+        dormant_nets: tuple[str, ...] = ("actor",),
+        dormant_per_layer: bool = False,
+        redo_interval: int = 0,
+        redo_tau: float = 0.1,
+        redo_nets: tuple[str, ...] = ("actor", "critic"),
+        head_norm: bool = False,
+        reset_interval: int = 0,
+        reset_nets: tuple[str, ...] = ("actor", "critic", "value"),
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -173,13 +194,13 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         **kwargs: Any,
     ):
         refuse_algorithm_kwargs(type(self).__name__, kwargs)
-        if variant not in VARIANTS:
-            raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {VARIANTS}")
+        if variant not in VARIANT_DEFAULTS:
+            raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {tuple(VARIANT_DEFAULTS)}")
         if stddev_type not in STDDEV_TYPES:
             raise ValueError(f"Unknown stddev_type {stddev_type!r}, expected one of {STDDEV_TYPES}")
         defaults = VARIANT_DEFAULTS[variant]
         policy_kwargs = dict(policy_kwargs or {})
-        if policy_kwargs.setdefault("variant", variant) != variant:
+        if policy_kwargs.setdefault("variant", network_variant(variant)) != network_variant(variant):
             raise ValueError(f"policy_kwargs['variant']={policy_kwargs['variant']!r} contradicts variant={variant!r}")
         super().__init__(
             policy,
@@ -229,6 +250,9 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         self.awaken_step: int | None = None
         self.perturbations: list[dict[str, float]] = []
         self._perturb_check_step = 0
+        self._init_remedies(
+            dormant_nets, dormant_per_layer, redo_interval, redo_tau, redo_nets, head_norm, reset_interval, reset_nets
+        )
         if _init_setup_model:
             self._setup_model()
 
@@ -246,6 +270,9 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
             if "n_steps" in self.replay_buffer_kwargs:  # configured above or by the user: SB3's warning is spurious
                 warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored")
             super()._setup_model()
+        if self.variant == "drqv2":
+            remove_value_net(self.policy)
+        self._apply_architecture_options(self.lr_schedule(1))
         self._create_aliases()
 
     def _default_replay_buffer(self) -> type[ReplayBuffer]:
@@ -311,16 +338,24 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizers)
         metrics: dict[str, list[float]] = defaultdict(list)
-        for _ in range(gradient_steps):
+
+        def sample() -> ReplayBufferSamples:
+            return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+
+        for index in range(gradient_steps):
+            self._maybe_reset(self.num_timesteps)
             self._maybe_perturb(self.num_timesteps)
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            for key, value in self._update(replay_data, self.num_timesteps).items():
+            for key, value in self._update(sample(), self.num_timesteps).items():
                 metrics[key].append(value)
+            self._maybe_redo(self._n_updates + index + 1, sample)
         self._n_updates += gradient_steps
 
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         for key, values in metrics.items():
             self.logger.record(f"train/{key}", float(np.mean(values)))
+        self._record_remedies()
+        if self.variant == "drqv2":  # no perturbation, no awakening
+            return
         self.logger.record("train/perturb_factor", self.perturb_factor())
         self.logger.record("train/n_perturbations", len(self.perturbations))
         if self.perturbations:
@@ -384,7 +419,9 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         ]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts = ["policy", "actor.optimizer", "critic.optimizer", "value_net.optimizer"]
+        state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]
+        if self.policy.value_net is not None:  # DrQ-v2 has none
+            state_dicts.append("value_net.optimizer")
         if self.policy.encoder_optimizer is not None:
             state_dicts.append("policy.encoder_optimizer")
         return state_dicts, []

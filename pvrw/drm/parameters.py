@@ -20,8 +20,8 @@ ENCODERS: dict[str, type[BaseFeaturesExtractor]] = {
 }
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def _count(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def _counts(modules: dict[str, nn.Module]) -> dict[str, int]:
@@ -55,7 +55,7 @@ def trainable_parameter_counts(
         ``(k, C, h, w)`` spatial features (``PiegPolicy``)
     :param action_dim: action dimension (Meta-World: 4)
     :param policy: ``"CnnPolicy"``, ``"MlpPolicy"`` or ``"PiegPolicy"``
-    :param variant: ``"drm"`` or ``"drm_mw"``
+    :param variant: ``"drm"``, ``"drm_mw"`` or ``"drqv2"`` (no value net)
     :param feature_dim: trunk output size
     :param hidden_dim: hidden size of the heads
     :param features_extractor_kwargs: extra encoder arguments (e.g. ``pieg_dim``)
@@ -85,8 +85,11 @@ def trainable_parameter_counts(
             action_dim,
             ENCODERS[policy],
             features_extractor_kwargs,
-            variant,
+            "drm" if variant == "drqv2" else variant,  # DrQ-v2: agents/drm.py's networks without the value net
             feature_dim,
             hidden_dim,
         )
-    return _counts(dict(networks.items()))
+    modules = dict(networks.items())
+    if variant == "drqv2":
+        modules["value_net"] = None
+    return _counts(modules)

@@ -223,7 +223,8 @@ class DrMPolicy(BasePolicy):
     @property
     def optimizers(self) -> list[th.optim.Optimizer]:
         """The optimizers whose learning rate follows the schedule (encoder first when it has parameters)."""
-        optimizers = [self.actor.optimizer, self.critic.optimizer, self.value_net.optimizer]
+        nets = (self.actor, self.critic, self.value_net)  # no value net in DrQ-v2 (variant="drqv2")
+        optimizers = [net.optimizer for net in nets if net is not None]
         return ([self.encoder_optimizer] if self.encoder_optimizer is not None else []) + optimizers
 
     def _get_constructor_parameters(self) -> dict[str, Any]:

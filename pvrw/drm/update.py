@@ -44,7 +44,7 @@ class DrMUpdate:
     actor: Actor
     critic: Critic
     critic_target: Critic
-    value_net: ValueNetwork
+    value_net: ValueNetwork | None
 
     def _update(self, replay_data: ReplayBufferSamples, step: int) -> dict[str, float]:
         """One reference ``DrMAgent.update``: encode, dormant ratio, value, critic (+ encoder), actor, target EMA."""
@@ -62,6 +62,7 @@ class DrMUpdate:
         lambda_ = self.exploitation_lambda()
         metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std, batch_reward=replay_data.rewards.mean().item())
         metrics["lambda"] = lambda_
+        metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions, actor_obs.detach()))  # type: ignore[attr-defined]
         metrics.update(self._update_value(obs.detach(), replay_data.actions))
         metrics.update(self._update_critic(obs, next_obs, replay_data, std, lambda_, next_actor_obs))
         metrics.update(self._update_actor(obs.detach(), std, actor_obs))
@@ -95,8 +96,9 @@ class DrMUpdate:
         with th.no_grad():
             actor_input = next_obs if next_actor_obs is None else next_actor_obs
             next_actions = sample_action(self.actor(actor_input), std, clip=self.stddev_clip)
-            target_min_q = min_q(self.critic_target(next_obs, next_actions))
-            target_v = lambda_ * self.value_net(next_obs) + (1.0 - lambda_) * target_min_q
+            target_v = min_q(self.critic_target(next_obs, next_actions))
+            if self.value_net is not None:  # DrQ-v2 (variant="drqv2") has no value net: y = R + gamma^n min Q'
+                target_v = lambda_ * self.value_net(next_obs) + (1.0 - lambda_) * target_v
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             target_q = replay_data.rewards + (1.0 - replay_data.dones) * discounts * target_v
         q_values = self.critic(obs, replay_data.actions)

@@ -120,9 +120,15 @@ class RunConfig:
         return -(-self.frames // self.frames_per_step)
 
     @property
+    def algo_name(self) -> str:
+        """The algorithm, or DrM's variant when one is set (``drm_mw``, ``drqv2``)."""
+        variant = self.algo_kwargs.get("variant") if self.algo == "drm" else None
+        return variant if isinstance(variant, str) else self.algo
+
+    @property
     def variant(self) -> str:
         """The name a plot legend gives this run's variant (everything but the seed)."""
-        return f"{self.algo}/{self.pvr}@{self.resolution}"
+        return f"{self.algo_name}/{self.pvr}@{self.resolution}"
 
     def group_key(self) -> str:
         """Runs whose configs differ only by seed share this key (for averaging over seeds)."""

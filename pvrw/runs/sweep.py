@@ -49,7 +49,7 @@ def task_env_id(task: str) -> str:
 def run_dir_name(config: RunConfig) -> Path:
     """The grid cell's directory, relative to the sweep root."""
     task = config.env.removeprefix(METAWORLD_PREFIX).replace("/", "_")
-    return Path(task) / f"{config.algo}_{config.pvr}_{config.resolution}" / f"seed_{config.seed}"
+    return Path(task) / f"{config.algo_name}_{config.pvr}_{config.resolution}" / f"seed_{config.seed}"
 
 
 def expand_grid(
