@@ -43,6 +43,14 @@ VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "drm_mw": dict(n_steps=10, gamma=0.97, target_lambda=0.5, max_perturb_factor=0.95),
 }
 STDDEV_TYPES = ("awake", "dormant")
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_supported(device: th.device) -> bool:
+    """Whether bf16 autocast is fast on ``device``: CUDA with bf16 support, or a CPU with AVX512-bf16 / AMX."""
+    if device.type == "cuda":
+        return th.cuda.is_bf16_supported()
+    return device.type == "cpu" and th.backends.mkldnn.is_available() and th.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
@@ -102,6 +110,10 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
     :param target_lambda: lambda_hat (``drm``) or the constant lambda (``drm_mw``); None: variant default (0.6 / 0.5)
     :param lambda_temp: inverse temperature of the ``drm`` lambda (50); unused by ``drm_mw``
     :param expectile: expectile of the value regression (0.9)
+    :param precision: ``"fp32"`` (the reference's maths) or ``"bf16"``: a deviation from the reference, for speed
+        (about 2x on CPUs with AVX512-bf16/AMX and on recent GPUs): bf16 autocast of the encoder and the heads'
+        forwards and backwards, with fp32 weights, optimiser state, losses, TD targets and dormant-ratio statistics.
+        Where the device has no bf16 support, a warning says so and the model runs fp32
     :param stats_window_size: window size for the rollout logging
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments for the policy (``feature_dim``, ``hidden_dim``, ``augment``, ...)
@@ -154,6 +166,7 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         target_lambda: float | None = None,
         lambda_temp: float = 50.0,
         expectile: float = 0.9,
+        precision: str = "fp32",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -164,6 +177,8 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
     ):
         if variant not in VARIANTS:
             raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {VARIANTS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}, expected one of {PRECISIONS}")
         if stddev_type not in STDDEV_TYPES:
             raise ValueError(f"Unknown stddev_type {stddev_type!r}, expected one of {STDDEV_TYPES}")
         defaults = VARIANT_DEFAULTS[variant]
@@ -213,6 +228,9 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         self.target_lambda = defaults["target_lambda"] if target_lambda is None else target_lambda
         self.lambda_temp = lambda_temp
         self.expectile = expectile
+        self.precision = precision if precision == "fp32" or bf16_supported(self.device) else "fp32"
+        if self.precision != precision:
+            warnings.warn(f"{self.device} has no bf16 support: DrM runs in fp32", stacklevel=2)
         # DrM state (saved with the model): the reference starts from dormant_ratio = 1 and no awakening.
         self.dormant_ratio = 1.0
         self.awaken_step: int | None = None

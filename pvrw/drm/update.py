@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 import torch as th
 import torch.nn.functional as F
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.utils import polyak_update
 
-from pvrw.drm.dormant import dormant_ratio
+from pvrw.drm.dormant import dormant_ratio_of, linear_outputs
 from pvrw.drm.networks import Actor, Critic, ValueNetwork, sample_action
 
 if TYPE_CHECKING:
@@ -36,6 +35,8 @@ class DrMUpdate:
     expectile: float
     gamma: float
     tau: float
+    precision: str
+    device: th.device
     # state, saved with the model
     dormant_ratio: float
     awaken_step: int | None
@@ -49,11 +50,16 @@ class DrMUpdate:
     def _update(self, replay_data: ReplayBufferSamples, step: int) -> dict[str, float]:
         """One reference ``DrMAgent.update``: encode, dormant ratio, value, critic (+ encoder), actor, target EMA."""
         policy = self.policy
-        obs = policy.encode(replay_data.observations, augment=True)
-        with th.no_grad():
-            next_obs = policy.encode(replay_data.next_observations, augment=True)
-
-        self.dormant_ratio = dormant_ratio(self.actor, obs.detach(), threshold=self.dormant_threshold)
+        with self._autocast():
+            obs = policy.encode(replay_data.observations, augment=True)
+            with th.no_grad():
+                next_obs = policy.encode(replay_data.next_observations, augment=True)
+            # The actor's forward for its own update, run now: the reference measures the dormant ratio with a
+            # separate forward of the same (not yet updated) actor on the same detached batch, so its Linear outputs
+            # are exactly these. The actor has no random layer, so the random stream is unchanged.
+            with linear_outputs(self.actor) as outputs:
+                actor_mean = self.actor(obs.detach())
+        self.dormant_ratio = dormant_ratio_of(outputs, threshold=self.dormant_threshold)
         awakening_allowed = self.variant == "drm_mw" or step > self.num_expl_steps
         if self.awaken_step is None and awakening_allowed and self.dormant_ratio < self.target_dormant_ratio:
             self.awaken_step = step
@@ -61,18 +67,46 @@ class DrMUpdate:
         lambda_ = self.exploitation_lambda()
         metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std, batch_reward=replay_data.rewards.mean().item())
         metrics["lambda"] = lambda_
-        metrics.update(self._update_value(obs.detach(), replay_data.actions))
-        metrics.update(self._update_critic(obs, next_obs, replay_data, std, lambda_))
-        metrics.update(self._update_actor(obs.detach(), std))
-        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+        # Q(s, a) of the online critic: the value regression's target and the critic loss's prediction. Without
+        # dropout (variant "drm") both are one forward, as the critic does not change in between; with dropout
+        # ("drm_mw") the reference draws two masks, so the forwards stay separate.
+        q = None if self._critic_has_dropout() else self._critic_q(obs, replay_data.actions)
+        metrics.update(self._update_value(obs.detach(), replay_data.actions, q))
+        metrics.update(self._update_critic(obs, next_obs, replay_data, std, lambda_, q))
+        metrics.update(self._update_actor(obs.detach(), actor_mean, std))
+        online, target = self._target_pairs()
+        th._foreach_mul_(target, 1.0 - self.tau)  # SB3's polyak_update, one call for all tensors
+        th._foreach_add_(target, online, alpha=self.tau)
         return metrics
 
-    def _update_value(self, obs: th.Tensor, actions: th.Tensor) -> dict[str, float]:
-        # Expectile regression of V(s) on min(Q1, Q2)(s, a) of the online critic (IQL-style). The reference lets these
-        # Q values carry gradients into the critic and clears them before the critic step: no_grad is equivalent.
-        with th.no_grad():
+    def _autocast(self) -> th.autocast:
+        """bf16 autocast of the encoder and the heads when ``precision="bf16"`` (weights, optimiser state, losses and
+        dormant statistics stay fp32); a no-op context in fp32."""
+        return th.autocast(self.device.type, dtype=th.bfloat16, enabled=self.precision == "bf16")
+
+    def _critic_has_dropout(self) -> bool:
+        return any(isinstance(module, th.nn.Dropout) and module.p > 0 for module in self.critic.modules())
+
+    def _target_pairs(self) -> tuple[list[th.Tensor], list[th.Tensor]]:
+        online = [p.detach() for p in self.critic.parameters()]
+        return online, [p.detach() for p in self.critic_target.parameters()]
+
+    def _critic_q(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        with self._autocast():
             q1, q2 = self.critic(obs, actions)
-        error = self.value_net(obs) - th.min(q1, q2)
+        return q1.float(), q2.float()
+
+    def _update_value(
+        self, obs: th.Tensor, actions: th.Tensor, q: tuple[th.Tensor, th.Tensor] | None = None
+    ) -> dict[str, float]:
+        # Expectile regression of V(s) on min(Q1, Q2)(s, a) of the online critic (IQL-style). The reference lets these
+        # Q values carry gradients into the critic and clears them before the critic step: detaching is equivalent.
+        if q is None:
+            with th.no_grad():
+                q = self._critic_q(obs, actions)
+        with self._autocast():
+            value = self.value_net(obs)
+        error = value.float() - th.min(q[0], q[1]).detach()
         weight = th.where(error > 0, 1.0 - self.expectile, self.expectile)
         value_loss = (weight * error.pow(2)).mean()
         self.value_net.optimizer.zero_grad(set_to_none=True)
@@ -81,16 +115,25 @@ class DrMUpdate:
         return dict(value_loss=value_loss.item())
 
     def _update_critic(
-        self, obs: th.Tensor, next_obs: th.Tensor, replay_data: ReplayBufferSamples, std: float, lambda_: float
+        self,
+        obs: th.Tensor,
+        next_obs: th.Tensor,
+        replay_data: ReplayBufferSamples,
+        std: float,
+        lambda_: float,
+        q: tuple[th.Tensor, th.Tensor] | None = None,
     ) -> dict[str, float]:
         # y = R^(n) + gamma^n [lambda V(s') + (1 - lambda) min(Q1', Q2')(s', a')], a' ~ pi(s') with noise clipped.
         with th.no_grad():
-            next_actions = sample_action(self.actor(next_obs), std, clip=self.stddev_clip)
-            target_q1, target_q2 = self.critic_target(next_obs, next_actions)
-            target_v = lambda_ * self.value_net(next_obs) + (1.0 - lambda_) * th.min(target_q1, target_q2)
+            with self._autocast():
+                next_mean = self.actor(next_obs)
+                next_actions = sample_action(next_mean.float(), std, clip=self.stddev_clip)
+                target_q1, target_q2 = self.critic_target(next_obs, next_actions)
+                next_value = self.value_net(next_obs)
+            target_v = lambda_ * next_value.float() + (1.0 - lambda_) * th.min(target_q1.float(), target_q2.float())
             discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
             target_q = replay_data.rewards + (1.0 - replay_data.dones) * discounts * target_v
-        q1, q2 = self.critic(obs, replay_data.actions)
+        q1, q2 = self._critic_q(obs, replay_data.actions) if q is None else q
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         encoder_optimizer = self.policy.encoder_optimizer
         if encoder_optimizer is not None:
@@ -107,9 +150,10 @@ class DrMUpdate:
             critic_target_q=target_q.mean().item(),
         )
 
-    def _update_actor(self, obs: th.Tensor, std: float) -> dict[str, float]:
-        actions = sample_action(self.actor(obs), std, clip=self.stddev_clip)
-        q1, q2 = self.critic(obs, actions)
+    def _update_actor(self, obs: th.Tensor, mean: th.Tensor, std: float) -> dict[str, float]:
+        # ``mean``: the actor's forward on ``obs`` from the top of the update (same weights, see ``_update``).
+        actions = sample_action(mean.float(), std, clip=self.stddev_clip)
+        q1, q2 = self._critic_q(obs, actions)
         actor_loss = -th.min(q1, q2).mean()
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
