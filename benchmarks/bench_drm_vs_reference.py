@@ -120,7 +120,7 @@ def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="directory with the original drm.py (or agents/drm.py) + utils.py")
+    parser.add_argument("--reference", required=True, help="directory of the original drm.py (or agents/drm.py), utils.py")
     parser.add_argument("--inputs", nargs="*", default=list(INPUTS), choices=list(INPUTS))
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median is reported)")
     parser.add_argument("--updates", type=int, default=2, help="updates per side and round")

@@ -147,7 +147,8 @@ def copy_weights(model: Any, agent: Any) -> None:
 
 def reference_networks(agent: Any) -> dict[str, nn.Module]:
     """The reference agent's networks under pvrw's names (for parameter comparisons)."""
-    nets = dict(actor=agent.actor, critic=agent.critic, critic_target=agent.critic_target, value_net=agent.value_predictor)
+    nets = dict(actor=agent.actor, critic=agent.critic, critic_target=agent.critic_target)
+    nets["value_net"] = agent.value_predictor
     if hasattr(agent.encoder, "convnet"):
         nets["encoder"] = agent.encoder.convnet
     return nets

@@ -136,8 +136,8 @@ def perturb(network: nn.Module, optimizer: th.optim.Optimizer | None, factor: fl
     """
     ``utils.perturb`` (shrink and perturb): every ``nn.Linear`` parameter becomes ``factor * theta + (1 - factor) *
     phi`` with ``phi`` a fresh :func:`~pvrw.drm.networks.weight_init` draw (orthogonal weights, zero biases, so biases
-    are just scaled by ``factor``); every other parameter (LayerNorm, convolutions) is left unchanged; the optimizer state is reset
-    (``optimizer.state = defaultdict(dict)``), even when ``factor == 1``.
+    are just scaled by ``factor``); every other parameter (LayerNorm, convolutions) is left unchanged; the optimizer
+    state is reset (``optimizer.state = defaultdict(dict)``), even when ``factor == 1``.
 
     The reference re-initialises a deep copy of the *whole* network (``deepcopy(net).apply(weight_init)``) and keeps
     only the Linear draws. This draws the same random numbers in the same order, one layer at a time: a fresh

@@ -153,7 +153,13 @@ class DrMUpdate:
     def _update_actor(self, obs: th.Tensor, mean: th.Tensor, std: float) -> dict[str, float]:
         # ``mean``: the actor's forward on ``obs`` from the top of the update (same weights, see ``_update``).
         actions = sample_action(mean.float(), std, clip=self.stddev_clip)
-        q1, q2 = self._critic_q(obs, actions)
+        # The critic only passes gradients to the actions: without its weight gradients (which the reference computes
+        # and the next critic step discards) the backward skips the critic's trunk and the heads' weight products.
+        self.critic.requires_grad_(False)
+        try:
+            q1, q2 = self._critic_q(obs, actions)
+        finally:
+            self.critic.requires_grad_(True)
         actor_loss = -th.min(q1, q2).mean()
         self.actor.optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
