@@ -95,15 +95,16 @@ class DrQEncoder(BaseFeaturesExtractor):
         if side_h < 1 or side_w < 1:
             raise ValueError(f"Images of {height}x{width} are too small for the DrQ-v2 encoder (need at least 10x10)")
         super().__init__(observation_space, features_dim=32 * side_h * side_w)
+        # In-place ReLUs (the reference's are not): the same values without one activation-sized allocation each.
         self.convnet = nn.Sequential(
             nn.Conv2d(channels, 32, 3, stride=2),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, 3, stride=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, 3, stride=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, 3, stride=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, observations: th.Tensor) -> th.Tensor:

@@ -215,7 +215,7 @@ class DrMPolicy(BasePolicy):
         """
         if augment and self.augment and self.normalize_images and is_image_space(self.observation_space):
             # The reference's order: shift the raw 0-255 batch, then scale (SB3's preprocess_obs: float / 255).
-            obs = self.aug(observations.float()) / 255.0
+            obs = self.aug(observations.float()).div_(255.0)
         else:
             obs = preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images)
             if augment and self.augment:
