@@ -10,13 +10,15 @@ flattening stand-in encoder and no augmentation). The number that counts is the 
     python benchmarks/bench_drm_vs_reference.py --reference DIR [--inputs pixels@84 cls] [--rounds 5] [--updates 2]
         [--precision fp32 bf16] [--threads 2] [--device cpu] [--profile]
 
-DIR holds the original ``drm.py`` (or ``agents/drm.py``) and ``utils.py``: ``git clone
-https://github.com/XuGW-Kevin/DrM`` (pvrw commits no reference code).
+DIR (default: ``$PVRW_DRM_REFERENCE``) holds the original ``drm.py`` (or ``agents/drm.py``) and ``utils.py``: ``git
+clone https://github.com/XuGW-Kevin/DrM`` (pvrw commits no reference code). ``--profile`` prints the top of a
+``torch.profiler`` table (self CPU time) of each side first.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch as th
 from bench_drm_updates import make_env
-from drm_reference import load_reference, make_agent
+from _drm_reference import load_reference, make_agent
 
 from pvrw.drm import DrM
 
@@ -120,7 +122,13 @@ def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="directory of the original drm.py (or agents/drm.py), utils.py")
+    reference = os.environ.get("PVRW_DRM_REFERENCE")
+    parser.add_argument(
+        "--reference",
+        default=reference,
+        required=reference is None,
+        help="directory of the original drm.py (or agents/drm.py) and utils.py [default: $PVRW_DRM_REFERENCE]",
+    )
     parser.add_argument("--inputs", nargs="*", default=list(INPUTS), choices=list(INPUTS))
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median is reported)")
     parser.add_argument("--updates", type=int, default=2, help="updates per side and round")

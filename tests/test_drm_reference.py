@@ -24,8 +24,8 @@ BATCH, ACTIONS, STEP = 16, 3, 2001
 
 
 def _helpers():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "drm_reference.py"
-    spec = importlib.util.spec_from_file_location("drm_reference", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_drm_reference.py"
+    spec = importlib.util.spec_from_file_location("_drm_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
