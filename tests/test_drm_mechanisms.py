@@ -1,5 +1,6 @@
 """DrM's mechanisms checked against their definitions (reference/drm.md §3-4), computed independently here."""
 
+import copy
 import math
 
 import numpy as np
@@ -153,6 +154,32 @@ def test_perturb_blends_linear_layers_only(factor):
     assert len(optimizer.state) == 0  # Adam state reset
     net(th.randn(5, 6)).sum().backward()
     optimizer.step()  # the optimizer still works on the same parameters
+
+
+def test_perturb_draws_the_reference_random_numbers():
+    """The reference re-initialises a deep copy of the whole network (``deepcopy(net).apply(weight_init)``, the
+    convolutions included) and keeps the Linear draws: the same fresh weights and the same random stream after."""
+    th.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7)),
+        nn.Conv2d(4, 2, 1),
+        nn.Linear(7, 2),
+    )
+    before = copy.deepcopy(net)
+    th.manual_seed(7)
+    fresh = copy.deepcopy(net)
+    fresh.apply(weight_init)
+    expected_rng = th.get_rng_state()
+    th.manual_seed(7)
+    perturb(net, None, 0.25)
+    assert th.equal(th.get_rng_state(), expected_rng)
+    for name in ("2.0", "4"):
+        layer, old, new = (dict(m.named_modules())[name] for m in (net, before, fresh))
+        assert th.allclose(layer.weight, 0.25 * old.weight + 0.75 * new.weight, atol=1e-6)
+    for name in ("0", "3"):  # convolutions: drawn, not changed
+        assert th.equal(dict(net.named_modules())[name].weight, dict(before.named_modules())[name].weight)
 
 
 def test_perturb_factor_one_keeps_weights_but_resets_state():

@@ -191,3 +191,35 @@ def test_sb3_replay_buffers(buffer_class, n_steps):
                 seed=0, **FAST)  # fmt: skip
     model.learn(30)
     assert type(model.replay_buffer) is buffer_class and model._n_updates > 0
+
+
+@pytest.mark.parametrize("variant", ["drm", "drm_mw"])
+def test_bf16_precision_keeps_fp32_master_state(variant):
+    import pvrw.drm.drm as drm_module
+
+    if not drm_module.bf16_supported(th.device("cpu")):
+        pytest.skip("this CPU has no bf16 support")
+    model = DrM("CnnPolicy", pixel_venv(), variant=variant, precision="bf16", seed=0, device="cpu", **FAST)
+    conv_dtypes, q_dtypes = [], []
+    model.policy.features_extractor.convnet[0].register_forward_hook(lambda _m, _i, out: conv_dtypes.append(out.dtype))
+    model.critic.Q1[0].register_forward_hook(lambda _m, _i, out: q_dtypes.append(out.dtype))
+    model.learn(40)
+    assert model._n_updates > 0 and 0.0 <= model.dormant_ratio < 1.0
+    assert th.bfloat16 in conv_dtypes and th.bfloat16 in q_dtypes  # the encoder and heads ran under autocast
+    for optimizer in model.policy.optimizers:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                assert param.dtype == th.float32
+                assert all(v.dtype == th.float32 for v in optimizer.state[param].values() if v.is_floating_point())
+    assert model.precision == "bf16"
+
+
+def test_precision_falls_back_to_fp32_without_bf16(monkeypatch):
+    import pvrw.drm.drm as drm_module
+
+    monkeypatch.setattr(drm_module, "bf16_supported", lambda device: False)
+    with pytest.warns(UserWarning, match="no bf16 support: DrM runs in fp32"):
+        model = DrM("MlpPolicy", feature_env(), precision="bf16", seed=0, **FAST)
+    assert model.precision == "fp32"
+    with pytest.raises(ValueError, match="Unknown precision 'fp16'"):
+        DrM("MlpPolicy", feature_env(), precision="fp16", seed=0, **FAST)

@@ -95,3 +95,15 @@ def test_group_key_ignores_only_the_seed_and_bookkeeping():
     assert a.group_key() == b.group_key()
     assert a.group_key() != build_config({"resolution": 224}).group_key()
     assert RunConfig(pvr="dinov2").variant == "drm/dinov2@112"
+
+
+def test_precision_key_reaches_drm_and_is_checked():
+    from pvrw.runs.training import algo_constructor_kwargs
+
+    config = build_config({"precision": "bf16"})
+    assert config.precision == "bf16" and algo_constructor_kwargs(config)["precision"] == "bf16"
+    assert "precision" not in algo_constructor_kwargs(build_config())  # fp32: DrM's default
+    with pytest.raises(ConfigError, match="precision: must be fp32 or bf16"):
+        build_config({"precision": "fp16"})
+    with pytest.raises(ConfigError, match="precision: bf16 is a DrM option"):
+        build_config({"precision": "bf16", "algo": "sac"})

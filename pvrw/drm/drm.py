@@ -48,6 +48,14 @@ VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "drqv2": DRQV2_DEFAULTS,  # the DrQ-v2 baseline (drqv2.py)
 }
 STDDEV_TYPES = ("awake", "dormant")
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_supported(device: th.device) -> bool:
+    """Whether bf16 autocast is fast on ``device``: CUDA with bf16 support, or a CPU with AVX512-bf16 / AMX."""
+    if device.type == "cuda":
+        return th.cuda.is_bf16_supported()
+    return device.type == "cpu" and th.backends.mkldnn.is_available() and th.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
@@ -119,6 +127,10 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
     :param head_norm: LayerNorm after every hidden Linear of the actor, critic and value heads
     :param reset_interval: re-initialise ``reset_nets`` every this many agent steps (0: off)
     :param reset_nets: networks reset by ``reset_interval`` (the encoder never is)
+    :param precision: ``"fp32"`` (the reference's maths) or ``"bf16"``: a deviation from the reference, for speed
+        (about 2x on CPUs with AVX512-bf16/AMX and on recent GPUs): bf16 autocast of the encoder and the heads'
+        forwards and backwards, with fp32 weights, optimiser state, losses, TD targets and dormant-ratio statistics.
+        Where the device has no bf16 support, a warning says so and the model runs fp32
     :param stats_window_size: window size for the rollout logging
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments for the policy, as SB3 spells them (``net_arch``, ``activation_fn``,
@@ -184,6 +196,7 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         head_norm: bool = False,
         reset_interval: int = 0,
         reset_nets: tuple[str, ...] = ("actor", "critic", "value"),
+        precision: str = "fp32",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -196,6 +209,8 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         refuse_algorithm_kwargs(type(self).__name__, kwargs)
         if variant not in VARIANT_DEFAULTS:
             raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {tuple(VARIANT_DEFAULTS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}, expected one of {PRECISIONS}")
         if stddev_type not in STDDEV_TYPES:
             raise ValueError(f"Unknown stddev_type {stddev_type!r}, expected one of {STDDEV_TYPES}")
         defaults = VARIANT_DEFAULTS[variant]
@@ -245,6 +260,9 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         self.target_lambda = defaults["target_lambda"] if target_lambda is None else target_lambda
         self.lambda_temp = lambda_temp
         self.expectile = expectile
+        self.precision = precision if precision == "fp32" or bf16_supported(self.device) else "fp32"
+        if self.precision != precision:
+            warnings.warn(f"{self.device} has no bf16 support: DrM runs in fp32", stacklevel=2)
         # DrM state (saved with the model): the reference starts from dormant_ratio = 1 and no awakening.
         self.dormant_ratio = 1.0
         self.awaken_step: int | None = None

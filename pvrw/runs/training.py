@@ -67,6 +67,8 @@ def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
     transitions are the same.
     """
     kwargs = copy.deepcopy(config.algo_kwargs)  # SB3 adds keys to the policy_kwargs it is given (SAC: use_sde)
+    if config.precision != "fp32":
+        kwargs["precision"] = config.precision
     if isinstance(kwargs.get("replay_buffer_class"), str):
         kwargs["replay_buffer_class"] = _import_object(kwargs["replay_buffer_class"])
     if (
