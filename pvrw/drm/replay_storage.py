@@ -9,12 +9,17 @@
   stack's frames are adjacent in the file. :meth:`checkpoint`
   costs the rows written since the previous one. Pickling a disk buffer checkpoints it and writes a reference
   (path, checkpoint number) only, so ``save_replay_buffer`` / ``load_replay_buffer`` work unchanged and resume
-  without reading the data. The files are created on first use, so a model built to load a saved buffer
-  (``DrM.load`` then ``load_replay_buffer``) does not touch the storage before it is opened.
+  without reading the data. Pickled within :func:`pickle_directory` (``DrM.save_replay_buffer`` /
+  ``load_replay_buffer`` and run checkpoints do it), the reference holds the path relative to the pickle's folder, so
+  a run directory that moved (or is mounted elsewhere on another node) reopens its own storage. The files are
+  created on first use, so a model built to load a saved buffer (``DrM.load`` then ``load_replay_buffer``) does not
+  touch the storage before it is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import pickle
 import shutil
@@ -40,6 +45,23 @@ TRANSITION_ARRAYS = ARRAY_NAMES[1:]
 # maps up to 64 kB around each page fault, so the pages mapped can reach about twice this)
 DROP_MAPPINGS_BYTES = 256 << 20
 _OPEN: dict[str, weakref.ref] = {}  # storage directory -> the buffer of this process that has it open
+_PICKLE_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("replay_pickle_dir", default=None)
+
+
+@contextlib.contextmanager
+def pickle_directory(pickle_file: str | os.PathLike | object):
+    """
+    Within this context a disk buffer pickled to (or unpickled from) ``pickle_file`` refers to its storage by a path
+    relative to the file's folder (see the module docstring). ``pickle_file`` that is not a path (an open file): no-op.
+    """
+    if not isinstance(pickle_file, (str, os.PathLike)):
+        yield
+        return
+    token = _PICKLE_DIR.set(os.path.dirname(os.path.abspath(pickle_file)))
+    try:
+        yield
+    finally:
+        _PICKLE_DIR.reset(token)
 
 
 class ReplayStorageMixin:
@@ -71,6 +93,25 @@ class ReplayStorageMixin:
     def nbytes(self) -> int:
         """:return: bytes of the buffer's arrays at full capacity (in RAM, or on disk once written)"""
         return sum(spec.nbytes for spec in self._array_specs())
+
+    def nbytes_holding(self, transitions: int) -> int:
+        """
+        :param transitions: transitions added per env (agent steps; capped at the capacity)
+        :return: bytes of the arrays once they hold ``transitions``: what memory storage touches in RAM, or what disk
+            storage allocates (in chunks of rows), episodes' first stacks included (``EPISODE_LENGTH_HINT``)
+        """
+        from pvrw.drm.buffers import EPISODE_LENGTH_HINT
+
+        total = 0
+        for spec in self._array_specs():
+            if spec.name == "frames":
+                rows = transitions + self.frame_stack * -(-transitions // EPISODE_LENGTH_HINT)
+            else:
+                rows = spec.shape[0] if spec.fill else transitions  # a non-zero fill is written at creation
+            if self.storage == "disk":
+                rows = -(-rows // spec.chunk_rows) * spec.chunk_rows
+            total += min(spec.shape[0], rows) * spec.row_bytes
+        return total
 
     def _warn_if_space_short(self) -> None:
         if self.storage == "disk":
@@ -202,6 +243,9 @@ class ReplayStorageMixin:
         if self.storage == "disk":  # a checkpoint, and a reference to it
             generation = self.checkpoint()
             ref = {"path": os.path.abspath(self.path), "generation": generation, "token": self._disk.token}
+            base = _PICKLE_DIR.get()
+            if base is not None:
+                ref["relative_path"] = os.path.relpath(os.path.abspath(self.path), base)
             return {"_replay_storage_ref": ref}
         state = self.__dict__.copy()
         fills = {spec.name: spec.fill for spec in self._array_specs()}
@@ -213,6 +257,9 @@ class ReplayStorageMixin:
     def __setstate__(self, state: dict) -> None:
         ref = state.get("_replay_storage_ref")
         if ref is not None:
+            base = _PICKLE_DIR.get()
+            if base is not None and ref.get("relative_path") is not None:  # the storage beside the pickle, wherever
+                ref = {**ref, "path": os.path.normpath(os.path.join(base, ref["relative_path"]))}
             try:
                 self._open_storage(ref["path"], ref["generation"], ref["token"])
             except StorageError as error:
