@@ -402,3 +402,38 @@ def test_storage_is_locked_while_another_process_has_it_open(tmp_path):
         proc.kill()
         proc.join()
     DrMReplayBuffer.open(path).close()  # the lock went with the process
+
+
+def _killed_while_creating(path: str) -> None:
+    replay_disk.DiskArrays._write_state = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    feed([make_buffer(storage="disk", path=path)], make_envs(), 1)
+
+
+def test_a_storage_whose_creation_was_killed_is_created_again_and_its_leftover_removed(tmp_path):
+    proc = multiprocessing.get_context("fork").Process(target=_killed_while_creating, args=(str(tmp_path / "replay"),))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    leftover = tmp_path / f".replay.creating-{proc.pid}"
+    assert leftover.is_dir() and not (tmp_path / "replay").exists()
+    buffer = make_buffer(storage="disk", path=tmp_path / "replay")
+    feed([buffer], make_envs(), 2)
+    assert buffer.checkpoint() == 1 and not leftover.exists()
+    buffer.close()
+
+
+def test_drm_replay_buffer_reference_follows_a_moved_directory(tmp_path):
+    """The pickle of a disk buffer names its storage relative to the pickle (a run directory moved, or mounted
+    elsewhere by a Ray trial restarted on another node)."""
+    env = feature_env()
+    first = tmp_path / "first"
+    model = DrM("MlpPolicy", env, seed=0, **FAST, replay_buffer_kwargs=dict(storage="disk", path=str(first / "replay")))
+    model.learn(30)
+    model.save_replay_buffer(first / "buffer.pkl")
+    expected = snapshot(model.replay_buffer)
+    model.replay_buffer.close()
+    os.rename(first, tmp_path / "second")
+    model.load_replay_buffer(tmp_path / "second" / "buffer.pkl")
+    assert model.replay_buffer.path == str(tmp_path / "second" / "replay")
+    assert_same(expected, model.replay_buffer)
+    model.replay_buffer.close()
