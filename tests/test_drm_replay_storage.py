@@ -437,3 +437,31 @@ def test_drm_replay_buffer_reference_follows_a_moved_directory(tmp_path):
     assert model.replay_buffer.path == str(tmp_path / "second" / "replay")
     assert_same(expected, model.replay_buffer)
     model.replay_buffer.close()
+
+
+def test_sampling_a_disk_buffer_keeps_its_mapped_pages_bounded(tmp_path, monkeypatch):
+    """The kernel maps several times what a random read touches: the bound is on the RSS, not on the bytes read."""
+    from pvrw.drm import replay_storage
+
+    if replay_storage._rss_file() is None:
+        pytest.skip("no /proc/self/status")
+    monkeypatch.setattr(replay_storage, "DROP_MAPPINGS_BYTES", 16 << 20)
+    monkeypatch.setattr(replay_storage, "CHECK_MAPPED_BYTES", 1 << 20)
+    space = spaces.Box(0, 255, (9, 64, 64), np.uint8)
+    kwargs = dict(n_steps=3, gamma=0.9, frame_stack=3)
+    warm = DrMReplayBuffer(200, space, ACTION_SPACE, "cpu", **kwargs)
+    disk = DrMReplayBuffer(20_000, space, ACTION_SPACE, "cpu", storage="disk", path=tmp_path / "replay", **kwargs)
+    envs = FakeStackedEnvs(1, 3, (3, 64, 64), np.uint8, seed=0)
+    for _ in range(6000):  # 74 MB of frames
+        args, _ = envs.step()
+        if warm.size() < 200:
+            warm.add(*args)
+        disk.add(*args)
+    warm.sample(64)  # the code paths of sampling are loaded before the RSS is watched
+    disk.checkpoint()
+    base, peak = replay_storage._rss_file(), 0
+    for _ in range(40):  # 40 x 64 x 2 stacks of 36 kB: 180 MB read
+        disk.sample(64)
+        peak = max(peak, replay_storage._rss_file() - base)
+    assert peak < (16 + 5 * 1 + 16) << 20
+    disk.close()

@@ -5,7 +5,8 @@
   bookkeeping; unpickling allocates the full capacity again. Pickles written before this (whole arrays) still load.
 - ``storage="disk"``: the arrays live in memory-mapped files under ``path`` (:mod:`pvrw.drm.replay_disk`); Python
   holds only the small state (ring positions, per-env frame counters, open episodes). RAM holds the working set
-  (page cache; the process unmaps what it touched every ``DROP_MAPPINGS_BYTES``, so its RSS stays bounded); a
+  (page cache; the process unmaps the pages it mapped once they pass ``DROP_MAPPINGS_BYTES``, so its RSS stays
+  bounded); a
   stack's frames are adjacent in the file. :meth:`checkpoint`
   costs the rows written since the previous one. Pickling a disk buffer checkpoints it and writes a reference
   (path, checkpoint number) only, so ``save_replay_buffer`` / ``load_replay_buffer`` work unchanged and resume
@@ -41,9 +42,11 @@ except ImportError:  # pragma: no cover
 STORAGES = ("memory", "disk")
 ARRAY_NAMES = ("frames", "obs_frame", "actions", "rewards", "dones", "timeouts")
 TRANSITION_ARRAYS = ARRAY_NAMES[1:]
-# unmap the pages of the maps after this many bytes were read or written through them: bounds the RSS (the kernel
-# maps up to 64 kB around each page fault, so the pages mapped can reach about twice this)
+# unmap the pages of the maps once this process's file-backed RSS grew this much since the storage was opened: bounds
+# the RSS. The kernel maps more than what is read (fault-around, whole large folios: measured up to 5x for random
+# stacks), so the RSS is read (/proc/self/status) after every CHECK_MAPPED_BYTES read or written through the maps
 DROP_MAPPINGS_BYTES = 256 << 20
+CHECK_MAPPED_BYTES = 32 << 20
 _OPEN: dict[str, weakref.ref] = {}  # storage directory -> the buffer of this process that has it open
 _PICKLE_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("replay_pickle_dir", default=None)
 
@@ -62,6 +65,18 @@ def pickle_directory(pickle_file: str | os.PathLike | object):
         yield
     finally:
         _PICKLE_DIR.reset(token)
+
+
+def _rss_file() -> int | None:
+    """:return: this process's file-backed resident bytes (Linux), None where unknown"""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssFile:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class ReplayStorageMixin:
@@ -148,7 +163,7 @@ class ReplayStorageMixin:
     def _attach(self, disk: DiskArrays) -> None:
         key = os.path.realpath(disk.path)
         _OPEN[key] = weakref.ref(self)
-        self._disk, self._closed, self._mapped_bytes = disk, False, 0
+        self._disk, self._closed, self._mapped_bytes, self._rss_file_base = disk, False, 0, _rss_file()
         self.__dict__.update(disk.arrays)
 
     def _open_storage(self, path: str | os.PathLike, generation: int | None, token: str | None = None) -> None:
@@ -227,11 +242,14 @@ class ReplayStorageMixin:
 
     def _count_mapped(self, nbytes: int) -> None:
         # pages read or written through the maps stay in this process's RSS until unmapped (not evicted: they stay in
-        # the page cache); unmap them every DROP_MAPPINGS_BYTES
+        # the page cache); unmap them once they pass DROP_MAPPINGS_BYTES (every CHECK_MAPPED_BYTES if the RSS is unknown)
         self._mapped_bytes += nbytes
-        if self._mapped_bytes > DROP_MAPPINGS_BYTES:
+        if self._mapped_bytes < CHECK_MAPPED_BYTES:
+            return
+        self._mapped_bytes = 0
+        rss, base = _rss_file(), self.__dict__.get("_rss_file_base")
+        if rss is None or base is None or rss - base > DROP_MAPPINGS_BYTES:
             self._disk.drop_mappings()
-            self._mapped_bytes = 0
 
     # ------------------------------------------------------------------------------------------------ pickle
     def _filled_rows(self, name: str) -> int:
