@@ -126,3 +126,20 @@ def test_a_run_whose_replay_buffer_cannot_fit_on_disk_is_refused_in_one_line(tmp
         result = CliRunner().invoke(main, [*TINY_PIXELS, "--frames", "20", "--replay-storage", "memory",
                                            "--out", str(tmp_path / "mem")])  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_sweep_passes_replay_storage_to_every_run(tmp_path):
+    import test_runs_tinyenv  # noqa: F401
+
+    from pvrw.cli import main
+    from pvrw.runs.config import load_config
+
+    args = ["sweep", "--tasks", "test_runs_tinyenv:TinyState-v0", "--pvr", "none", "--resolution", "36", "--seeds", "1",
+            "--frames", "40", "--root", str(tmp_path), "--no-progress", "--set", "eval_every=0",
+            "--set", "eval_episodes=1", "--set", "video=false", "--set", "learning_starts=20", "--set", "batch_size=8",
+            "--set", "buffer_size=100", "--set", "threads=1", "--set", "policy_kwargs.hidden_dim=16"]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, "--replay-storage", "memory"])
+    assert result.exit_code == 0, result.output
+    (run,) = [p.parent for p in tmp_path.rglob("config.yaml")]
+    assert load_config(run / "config.yaml").replay_storage == "memory" and not (run / "replay").exists()
+    assert "--replay-storage" in CliRunner().invoke(main, ["sweep", "--help"]).output

@@ -8,6 +8,10 @@ no checkpoint directory is ever replaced in place. A kill at any moment therefor
 complete checkpoint. One that is missing or damaged anyway (a disk fault, a file cut) is passed over for the newest
 complete checkpoint on disk, or refused (:class:`CheckpointError`): a run never restarts silently from frame 0.
 Runs written before checkpoints counted frames have ``step_<agent steps>/`` directories; they are read the same way.
+
+A replay buffer on disk (``replay_storage: disk``, :mod:`pvrw.runs.replay`) is checkpointed in its own folder first;
+``replay_buffer.pkl`` refers to that buffer checkpoint by a path relative to the checkpoint, and ``checkpoint.json``
+records it, so a checkpoint whose buffer checkpoint is gone is passed over like a damaged one.
 """
 
 from __future__ import annotations
