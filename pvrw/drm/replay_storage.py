@@ -113,14 +113,13 @@ class ReplayStorageMixin:
         """
         :param transitions: transitions added per env (agent steps; capped at the capacity)
         :return: bytes of the arrays once they hold ``transitions``: what memory storage touches in RAM, or what disk
-            storage allocates (in chunks of rows), episodes' first stacks included (``EPISODE_LENGTH_HINT``)
+            storage allocates (in chunks of rows), episodes' first stacks included (the frame ring's slack, in
+            proportion)
         """
-        from pvrw.drm.buffers import EPISODE_LENGTH_HINT
-
         total = 0
         for spec in self._array_specs():
             if spec.name == "frames":
-                rows = transitions + self.frame_stack * -(-transitions // EPISODE_LENGTH_HINT)
+                rows = -(-transitions * spec.shape[0] // self.buffer_size)
             else:
                 rows = spec.shape[0] if spec.fill else transitions  # a non-zero fill is written at creation
             if self.storage == "disk":

@@ -69,6 +69,14 @@ def forget_replay(run_dir: RunDir) -> None:
     remove_run_files(run_dir, ("replay",))
 
 
+def close_replay(model: Any) -> None:
+    """Release a disk buffer's storage when its run ends (its lock and maps; rows after its last checkpoint, if any,
+    are undone at the next open, as after a kill), so that a process running many runs does not hold them all."""
+    buffer = getattr(model, "replay_buffer", None)
+    if getattr(buffer, "storage", None) == "disk":
+        buffer.close()
+
+
 @contextlib.contextmanager
 def run_space_checked():
     """Build or load a run's model within this: the buffer's warning about its full capacity is left out, since

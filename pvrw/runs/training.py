@@ -123,7 +123,13 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
     from pvrw.runs.faults import kill_point
     from pvrw.runs.metrics import MetricsWriter, truncate_metrics
-    from pvrw.runs.replay import adopt_replay_dir, check_replay_space, forget_replay, run_space_checked
+    from pvrw.runs.replay import (
+        adopt_replay_dir,
+        check_replay_space,
+        close_replay,
+        forget_replay,
+        run_space_checked,
+    )
     from pvrw.runs.rng_state import RecordResetState, restore_run_state
 
     from pvrw.runs.envs import check_run_setup
@@ -143,7 +149,7 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         import torch
 
         torch.set_num_threads(config.threads)
-    env = eval_env = writer = callback = None
+    env = eval_env = writer = callback = model = None
     try:
         backbone = make_backbone(config)
         env = Monitor(RecordResetState(make_run_env(config, backbone=backbone)))
@@ -230,6 +236,8 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         for e in (env, eval_env):
             if e is not None:
                 e.close()
+        if model is not None:
+            close_replay(model)
 
 
 def _evaluated_at(rd: RunDir, frames: int) -> int | None:
