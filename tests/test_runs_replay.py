@@ -143,3 +143,16 @@ def test_sweep_passes_replay_storage_to_every_run(tmp_path):
     (run,) = [p.parent for p in tmp_path.rglob("config.yaml")]
     assert load_config(run / "config.yaml").replay_storage == "memory" and not (run / "replay").exists()
     assert "--replay-storage" in CliRunner().invoke(main, ["sweep", "--help"]).output
+
+
+def test_a_moved_run_saved_without_its_buffer_starts_a_new_storage_in_its_own_directory(tmp_path):
+    import test_runs_tinyenv  # noqa: F401
+
+    config = tiny_config(frames=40, eval_every=0, eval_episodes=1, checkpoint_every=20, video=False,
+                         save_replay_buffer=False)  # fmt: skip
+    run_training(config, tmp_path / "first")
+    assert (tmp_path / "first" / "replay").is_dir()  # the run's storage, never checkpointed into a checkpoint
+    os.rename(tmp_path / "first", tmp_path / "second")
+    config.frames = 80
+    assert run_training(config, tmp_path / "second").frames == 80
+    assert not (tmp_path / "first").exists() and (tmp_path / "second" / "replay" / "frames.npy").is_file()

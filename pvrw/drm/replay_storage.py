@@ -6,9 +6,8 @@
 - ``storage="disk"``: the arrays live in memory-mapped files under ``path`` (:mod:`pvrw.drm.replay_disk`); Python
   holds only the small state (ring positions, per-env frame counters, open episodes). RAM holds the working set
   (page cache; the process unmaps the pages it mapped once they pass ``DROP_MAPPINGS_BYTES``, so its RSS stays
-  bounded); a
-  stack's frames are adjacent in the file. :meth:`checkpoint`
-  costs the rows written since the previous one. Pickling a disk buffer checkpoints it and writes a reference
+  bounded); a stack's frames are adjacent in the file. :meth:`checkpoint` costs the rows written since the previous
+  one. Pickling a disk buffer checkpoints it and writes a reference
   (path, checkpoint number) only, so ``save_replay_buffer`` / ``load_replay_buffer`` work unchanged and resume
   without reading the data. Pickled within :func:`pickle_directory` (``DrM.save_replay_buffer`` /
   ``load_replay_buffer`` and run checkpoints do it), the reference holds the path relative to the pickle's folder, so
@@ -241,7 +240,7 @@ class ReplayStorageMixin:
 
     def _count_mapped(self, nbytes: int) -> None:
         # pages read or written through the maps stay in this process's RSS until unmapped (not evicted: they stay in
-        # the page cache); unmap them once they pass DROP_MAPPINGS_BYTES (every CHECK_MAPPED_BYTES if the RSS is unknown)
+        # the page cache); unmap them once they pass DROP_MAPPINGS_BYTES (each CHECK_MAPPED_BYTES if the RSS is unknown)
         self._mapped_bytes += nbytes
         if self._mapped_bytes < CHECK_MAPPED_BYTES:
             return

@@ -60,6 +60,9 @@ def adopt_replay_dir(model: Any, run_dir: RunDir) -> None:
     buffer_kwargs = getattr(model, "replay_buffer_kwargs", None)
     if isinstance(buffer_kwargs, dict) and buffer_kwargs.get("storage") == "disk":
         buffer_kwargs["path"] = str(run_dir.replay)
+    buffer = getattr(model, "replay_buffer", None)
+    if getattr(buffer, "storage", None) == "disk" and buffer.__dict__.get("_disk") is None:
+        buffer.path = str(run_dir.replay)  # a new buffer (the checkpoint has none): its files not created yet
 
 
 def forget_replay(run_dir: RunDir) -> None:
