@@ -465,3 +465,25 @@ def test_sampling_a_disk_buffer_keeps_its_mapped_pages_bounded(tmp_path, monkeyp
         peak = max(peak, replay_storage._rss_file() - base)
     assert peak < (16 + 5 * 1 + 16) << 20
     disk.close()
+
+
+def test_a_disk_buffer_warns_about_free_space_when_its_files_are_created_not_when_built(tmp_path, monkeypatch):
+    """A model loaded for evaluation builds a buffer it never fills: it says nothing about disk space."""
+    import warnings
+
+    from pvrw.drm import replay_storage
+
+    usage = replay_storage.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(replay_storage.shutil, "disk_usage", lambda path: usage._replace(free=100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        buffer = make_buffer(storage="disk", path=tmp_path / "replay")
+    with pytest.warns(UserWarning, match=r"The complete replay buffer needs .* free disk space .*files grow as"):
+        feed([buffer], make_envs(), 1)
+    buffer.close()
+    checked = make_buffer(storage="disk", path=tmp_path / "checked")
+    checked.space_checked = True  # a run checked what it will store (pvrw.runs.replay.check_replay_space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed([checked], make_envs(), 1)
+    checked.close()

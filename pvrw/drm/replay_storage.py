@@ -102,7 +102,7 @@ class ReplayStorageMixin:
             for spec in self._array_specs():
                 full = np.full if spec.fill else lambda shape, _fill, dtype: np.zeros(shape, dtype)
                 setattr(self, spec.name, full(spec.shape, spec.fill, np.dtype(spec.dtype)))
-        self._warn_if_space_short()
+            self._warn_if_space_short()  # disk: when the files are created (not by a model loaded for evaluation)
 
     def nbytes(self) -> int:
         """:return: bytes of the buffer's arrays at full capacity (in RAM, or on disk once written)"""
@@ -150,6 +150,8 @@ class ReplayStorageMixin:
                     f"This disk-backed replay buffer was closed (its storage {self.path} was closed or reopened); "
                     "use the buffer returned by DrMReplayBuffer.open / load_replay_buffer."
                 )
+            if not self.__dict__.get("space_checked"):
+                self._warn_if_space_short()
             self._attach(DiskArrays.create(self.path, self._array_specs(), self._small_state()))
             return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

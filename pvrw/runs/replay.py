@@ -138,6 +138,7 @@ def check_replay_space(model: Any, config: RunConfig, run_dir: RunDir) -> None:
     buffer = getattr(model, "replay_buffer", None)
     if not hasattr(buffer, "nbytes_holding"):
         return
+    buffer.space_checked = True  # the buffer's own warning about its full capacity is left out
     need = replay_bytes_needed(buffer, config)
     held = min(buffer.buffer_size, -(-config.total_timesteps // buffer.n_envs)) * buffer.n_envs
     what = f"{_size(need)} for the {held:,} transitions this run stores"
