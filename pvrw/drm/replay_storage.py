@@ -43,8 +43,10 @@ ARRAY_NAMES = ("frames", "obs_frame", "actions", "rewards", "dones", "timeouts")
 TRANSITION_ARRAYS = ARRAY_NAMES[1:]
 # unmap the pages of the maps once this process's file-backed RSS grew this much since the storage was opened: bounds
 # the RSS. The kernel maps more than what is read (fault-around, whole large folios: measured up to 5x for random
-# stacks), so the RSS is read (/proc/self/status) after every CHECK_MAPPED_BYTES read or written through the maps
-DROP_MAPPINGS_BYTES = 256 << 20
+# stacks), so the RSS is read (/proc/self/status) after every CHECK_MAPPED_BYTES read or written through the maps.
+# Each unmapping costs page faults when the pages are read again: at 256 MB warm sampling of 84 px stacks from 100k
+# transitions ran at 0.85x a memory buffer, at 1 GB 0.95x (benchmarks/bench_replay_storage.py, this machine)
+DROP_MAPPINGS_BYTES = 1 << 30
 CHECK_MAPPED_BYTES = 32 << 20
 _OPEN: dict[str, weakref.ref] = {}  # storage directory -> the buffer of this process that has it open
 _PICKLE_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("replay_pickle_dir", default=None)
