@@ -17,8 +17,8 @@ process per storage fills a buffer with ``--transitions`` transitions (250-step 
   since the previous checkpoint + undo journal + state file. Resume = ``DrMReplayBuffer.open`` with the pages dropped.
 - Peak RSS of the child (VmHWM) after filling and sampling, before any checkpoint or resume, and the RssAnon /
   RssFile split at that point.
-- ``sample(256)`` rate (batches/s, median of rounds): warm (page cache holds the data) and, for disk, cold (after
-  ``posix_fadvise(DONTNEED)`` on its files; on a virtual disk the host may still cache them).
+- ``sample(256)`` rate (batches/s, median of rounds): warm (the files' data read into the page cache first) and, for
+  disk, cold (after ``posix_fadvise(DONTNEED)`` on its files; on a virtual disk the host may still cache them).
 """
 
 from __future__ import annotations
@@ -62,6 +62,24 @@ def _drop_cache(paths: list[Path]) -> None:
         fd = os.open(path, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
+
+
+def _warm_cache(paths: list[Path]) -> None:
+    """Read the data extents of (sparse) files, so that the page cache holds them."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size, offset = os.fstat(fd).st_size, 0
+            while offset < size:
+                try:
+                    offset = os.lseek(fd, offset, os.SEEK_DATA)
+                    end = os.lseek(fd, offset, os.SEEK_HOLE)
+                except OSError:  # no data after offset
+                    break
+                while offset < end:
+                    offset += len(os.pread(fd, min(8 << 20, end - offset), offset))
+        finally:
+            os.close(fd)
 
 
 def _fill(buffer, n: int, case: dict, rng: np.random.Generator) -> None:
@@ -164,6 +182,7 @@ def child(label: str, storage: str, capacity: int, transitions: int, batches: in
         buffer = DrMReplayBuffer.open(path)
         out["resume_s"] = time.perf_counter() - start
         out["cold"] = _sample_rate(buffer, batches, rounds=1)
+        _warm_cache(list(path.iterdir()))  # warm: all of the data in the page cache, as the memory buffer's is in RAM
         # warm rates, interleaved with a memory buffer holding the same transitions (same load on a busy machine)
         memory = DrMReplayBuffer(transitions, space, action_space, "cpu", **kwargs)
         _fill(memory, transitions, case, np.random.default_rng(0))

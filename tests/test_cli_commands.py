@@ -118,8 +118,14 @@ def test_params_table():
     assert rows["DINOv2"]["params"]["total"] == rows["VC-1"]["params"]["total"]
     # 1M transitions of 112px pixels stored frame by frame: 3*112*112 bytes per transition, roughly
     assert 30 < rows["DrM pixels"]["replay_gb"] < 60 < rows["DrM pixels"]["sb3_replay_gb"]
+    # memory storage: the arrays in RAM, two checkpoints of them on disk; disk storage: the files plus two checkpoint
+    # intervals of undo journal (2 x 50,000 of 1,000,000 transitions), no RAM
+    needs = rows["DrM pixels"]["replay_needs_gb"]
+    assert needs["memory"] == {"ram": rows["DrM pixels"]["replay_gb"], "disk": 2 * rows["DrM pixels"]["replay_gb"]}
+    assert needs["disk"]["ram"] == 0 and needs["disk"]["disk"] == pytest.approx(1.1 * rows["DrM pixels"]["replay_gb"])
     text = invoke("params", "--resolution", "112").output
     assert "DINOv2 reg" in text and "replay GB" in text
+    assert "memory: RAM" in text and "disk: files" in text
 
 
 def test_bench_lists_and_runs_scripts(tmp_path):

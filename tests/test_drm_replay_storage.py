@@ -402,3 +402,88 @@ def test_storage_is_locked_while_another_process_has_it_open(tmp_path):
         proc.kill()
         proc.join()
     DrMReplayBuffer.open(path).close()  # the lock went with the process
+
+
+def _killed_while_creating(path: str) -> None:
+    replay_disk.DiskArrays._write_state = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    feed([make_buffer(storage="disk", path=path)], make_envs(), 1)
+
+
+def test_a_storage_whose_creation_was_killed_is_created_again_and_its_leftover_removed(tmp_path):
+    proc = multiprocessing.get_context("fork").Process(target=_killed_while_creating, args=(str(tmp_path / "replay"),))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    leftover = tmp_path / f".replay.creating-{proc.pid}"
+    assert leftover.is_dir() and not (tmp_path / "replay").exists()
+    buffer = make_buffer(storage="disk", path=tmp_path / "replay")
+    feed([buffer], make_envs(), 2)
+    assert buffer.checkpoint() == 1 and not leftover.exists()
+    buffer.close()
+
+
+def test_drm_replay_buffer_reference_follows_a_moved_directory(tmp_path):
+    """The pickle of a disk buffer names its storage relative to the pickle (a run directory moved, or mounted
+    elsewhere by a Ray trial restarted on another node)."""
+    env = feature_env()
+    first = tmp_path / "first"
+    model = DrM("MlpPolicy", env, seed=0, **FAST, replay_buffer_kwargs=dict(storage="disk", path=str(first / "replay")))
+    model.learn(30)
+    model.save_replay_buffer(first / "buffer.pkl")
+    expected = snapshot(model.replay_buffer)
+    model.replay_buffer.close()
+    os.rename(first, tmp_path / "second")
+    model.load_replay_buffer(tmp_path / "second" / "buffer.pkl")
+    assert model.replay_buffer.path == str(tmp_path / "second" / "replay")
+    assert_same(expected, model.replay_buffer)
+    model.replay_buffer.close()
+
+
+def test_sampling_a_disk_buffer_keeps_its_mapped_pages_bounded(tmp_path, monkeypatch):
+    """The kernel maps several times what a random read touches: the bound is on the RSS, not on the bytes read."""
+    from pvrw.drm import replay_storage
+
+    if replay_storage._rss_file() is None:
+        pytest.skip("no /proc/self/status")
+    monkeypatch.setattr(replay_storage, "DROP_MAPPINGS_BYTES", 16 << 20)
+    monkeypatch.setattr(replay_storage, "CHECK_MAPPED_BYTES", 1 << 20)
+    space = spaces.Box(0, 255, (9, 64, 64), np.uint8)
+    kwargs = dict(n_steps=3, gamma=0.9, frame_stack=3)
+    warm = DrMReplayBuffer(200, space, ACTION_SPACE, "cpu", **kwargs)
+    disk = DrMReplayBuffer(20_000, space, ACTION_SPACE, "cpu", storage="disk", path=tmp_path / "replay", **kwargs)
+    envs = FakeStackedEnvs(1, 3, (3, 64, 64), np.uint8, seed=0)
+    for _ in range(6000):  # 74 MB of frames
+        args, _ = envs.step()
+        if warm.size() < 200:
+            warm.add(*args)
+        disk.add(*args)
+    warm.sample(64)  # the code paths of sampling are loaded before the RSS is watched
+    disk.checkpoint()
+    base, peak = replay_storage._rss_file(), 0
+    for _ in range(40):  # 40 x 64 x 2 stacks of 36 kB: 180 MB read
+        disk.sample(64)
+        peak = max(peak, replay_storage._rss_file() - base)
+    assert peak < (16 + 5 * 1 + 16) << 20
+    disk.close()
+
+
+def test_a_disk_buffer_warns_about_free_space_when_its_files_are_created_not_when_built(tmp_path, monkeypatch):
+    """A model loaded for evaluation builds a buffer it never fills: it says nothing about disk space."""
+    import warnings
+
+    from pvrw.drm import replay_storage
+
+    usage = replay_storage.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(replay_storage.shutil, "disk_usage", lambda path: usage._replace(free=100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        buffer = make_buffer(storage="disk", path=tmp_path / "replay")
+    with pytest.warns(UserWarning, match=r"The complete replay buffer needs .* free disk space .*files grow as"):
+        feed([buffer], make_envs(), 1)
+    buffer.close()
+    checked = make_buffer(storage="disk", path=tmp_path / "checked")
+    checked.space_checked = True  # a run checked what it will store (pvrw.runs.replay.check_replay_space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        feed([checked], make_envs(), 1)
+    checked.close()

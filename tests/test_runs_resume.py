@@ -149,7 +149,8 @@ def test_a_pvr_run_with_feature_augmentation_resumes_bit_identical(tmp_path):
     config = tiny_config(env="test_runs_tinyenv:TinyPixels-v0", pvr="tiny_resume_pool", resolution=32, frames=100,
                          eval_every=50, eval_episodes=1, checkpoint_every=30, video=False,
                          pvr_kwargs={"augment": True, "augment_pad": 2},
-                         replay_buffer_kwargs={"frame_stack": 1})  # fmt: skip (each step shifts every frame anew)
+                         replay_buffer_kwargs={"frame_stack": 1},  # each step shifts every frame anew
+                         replay_storage="memory")  # fmt: skip (the replay in RAM, pickled)
     attempts = [("unbroken", None), ("killed", "checkpoint-done@40"), ("killed", "step@73"), ("killed", None)]
     run_attempts(tmp_path, config, attempts, backbone=True)
     assert_identical(tmp_path / "unbroken", tmp_path / "killed")

@@ -15,7 +15,16 @@ from pvrw.runs.layout import RunDirError
 
 #: library errors that are the user's to fix (a file, a setting, a system library); matched by class name so that
 #: this module imports none of the heavy modules that define them
-USER_ERRORS = frozenset({"GLBackendError", "RendererUnavailableError", "WeightsFormatError", "SavedModelError"})
+USER_ERRORS = frozenset(
+    {"GLBackendError", "RendererUnavailableError", "WeightsFormatError", "SavedModelError", "ReplaySpaceError"}
+)
+
+REPLAY_STORAGE_HELP = (
+    "Where the replay buffer lives: disk (memory-mapped files in RUN_DIR/replay/: a checkpoint writes only the "
+    "transitions added since the previous one, RAM holds only what sampling touches) or memory (RAM; every "
+    "checkpoint pickles all it holds). A run refuses to start if the disk cannot hold the transitions it will store. "
+    "[default: disk]"
+)
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any
 
 import click
@@ -38,7 +39,7 @@ def variant_rows(
     from gymnasium import spaces
 
     from pvrw.drm import VARIANT_DEFAULTS, trainable_parameter_counts
-    from pvrw.drm.replay_memory import replay_memory_report
+    from pvrw.drm.replay_memory import replay_memory_report, storage_needs
     from pvrw.pvr_wrappers import get_backbone_cfg
 
     action_space = spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
@@ -74,6 +75,11 @@ def variant_rows(
                     "replay_gb": memory.drm_total_bytes / 1e9,
                     "sb3_replay_gb": memory.sb3_total_bytes / 1e9,
                     "reference_replay_gb": memory.reference_total_bytes / 1e9,
+                    # RAM and disk of each replay_storage (runs: a checkpoint every 100,000 frames = 50,000 steps)
+                    "replay_needs_gb": {
+                        storage: {where: size / 1e9 for where, size in needs.items()}
+                        for storage, needs in storage_needs(memory).items()
+                    },
                 }
             )
     return rows
@@ -161,3 +167,25 @@ def params(
         f"(replay: DrMReplayBuffer, {rows[0]['replay_storage_dtype'] if rows else ''} pixels / "
         f"{'float16' if float16 else 'float32'} embeddings; SB3: ReplayBuffer with stacked obs and next_obs)"
     )
+    _needs_table(rows, buffer_size)
+
+
+def _needs_table(rows: list[dict[str, Any]], buffer_size: int) -> None:
+    """RAM and disk of the replay buffer of each row, with each ``replay_storage`` of a run."""
+    click.echo(f"\nreplay buffer of a run, {buffer_size:,} transitions, GB (--replay-storage):")
+    header = f"{'variant':<16}{'res':>5}{'memory: RAM':>14}{'checkpoints':>13}{'disk: files':>14}{'RAM':>6}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for r in rows:
+        memory, disk = r["replay_needs_gb"]["memory"], r["replay_needs_gb"]["disk"]
+        click.echo(
+            f"{r['variant']:<16}{r['resolution']:>5}{memory['ram']:>14.2f}{memory['disk']:>13.2f}"
+            f"{disk['disk']:>14.2f}{'-':>6}"
+        )
+    click.echo(textwrap.fill(
+        "(memory: the arrays in RAM, and a checkpoint pickles them: twice on disk while a new checkpoint is written. "
+        "disk (the default of runs): files in RUN_DIR/replay/ plus undo journals of two checkpoint intervals "
+        "(100,000 frames each); no RAM for the buffer: the page cache holds what sampling touches, and the kernel "
+        "takes it back under pressure. A run checks its disk (or RAM) before it starts.)",
+        width=len(header) + 20,
+    ))

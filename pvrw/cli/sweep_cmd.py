@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from pvrw.cli._common import ALGO_CHOICE, config_layers, config_options, user_errors
+from pvrw.cli._common import ALGO_CHOICE, REPLAY_STORAGE_HELP, config_layers, config_options, user_errors
+from pvrw.runs.config import REPLAY_STORAGES
 
 
 def _split(value: str) -> list[str]:
@@ -33,6 +34,7 @@ def _ints(name: str, value: str) -> list[int]:
 @click.option("--frames", type=int, default=None, help="Budget of every run in frames. [default: the study's]")
 @click.option("--weights", default=None, help="Backbone weights for every PVR run ('random': smoke tests only).")
 @click.option("--device", default=None, help="Torch device of every run. [default: auto]")
+@click.option("--replay-storage", type=click.Choice(REPLAY_STORAGES), default=None, help=REPLAY_STORAGE_HELP)
 @config_options("Applies to every run; the grid keys (task, pvr, resolution, seed) are set per run.")
 @click.option("--root", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
               help="Directory of the sweep: ROOT/<task>/<algo>_<pvr>_<res>/seed_<n>, and ROOT/sweep.json.")  # fmt: skip

@@ -7,8 +7,15 @@ from typing import Any
 
 import click
 
-from pvrw.cli._common import ALGO_CHOICE, config_layers, config_options, lock_note, user_errors
-from pvrw.runs.config import RunConfig, build_config, load_config
+from pvrw.cli._common import (
+    ALGO_CHOICE,
+    REPLAY_STORAGE_HELP,
+    config_layers,
+    config_options,
+    lock_note,
+    user_errors,
+)
+from pvrw.runs.config import REPLAY_STORAGES, RunConfig, build_config, load_config
 
 _D = RunConfig()  # the study's defaults, quoted in the help
 
@@ -66,6 +73,7 @@ _D = RunConfig()  # the study's defaults, quoted in the help
     help=f"Save model + replay buffer every N frames (0: at the end only). [default: {_D.checkpoint_every:,}]",
 )
 @click.option("--video/--no-video", default=None, help="Record the first episode of each evaluation. [default: video]")
+@click.option("--replay-storage", type=click.Choice(REPLAY_STORAGES), default=None, help=REPLAY_STORAGE_HELP)
 # algorithm arguments with an option of their own (the rest through --set); they go into algo_kwargs
 @click.option("--variant", type=click.Choice(["drm", "drm_mw", "drqv2"]), default=None, help="DrM variant: the "
               "original agent (drm, the study's), the Meta-World rewrite (drm_mw), or the DrQ-v2 baseline (drqv2: no "
@@ -91,7 +99,8 @@ _D = RunConfig()  # the study's defaults, quoted in the help
     "--overwrite",
     is_flag=True,
     help="Start again in an --out folder that holds a run: first delete the files pvrw wrote there (config.yaml, "
-    "status.json, metrics.csv, tb/, checkpoints/, plot.png, eval.json, its eval_*.mp4 videos), and nothing else.",
+    "status.json, metrics.csv, tb/, checkpoints/, replay/, plot.png, eval.json, its eval_*.mp4 videos), and nothing "
+    "else.",
 )
 @click.option(
     "--resume",

@@ -422,6 +422,13 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         :class:`~pvrw.drm.saved.SavedModelError` naming the file."""
         return super().load(check_model_zip(path, cls), env=env, device=device, **kwargs)
 
+    def save_replay_buffer(self, path: Any) -> None:
+        """SB3's ``save_replay_buffer``; a disk buffer's reference names its storage relative to the file's folder."""
+        from pvrw.drm.replay_storage import pickle_directory
+
+        with pickle_directory(path):
+            super().save_replay_buffer(path)
+
     def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
         """SB3's ``load_replay_buffer``; a missing file is named as given, a damaged one is a ``SavedModelError``."""
         load = super().load_replay_buffer

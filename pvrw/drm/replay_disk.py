@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import mmap
 import os
 import pickle
 import re
+import shutil
 import struct
 import weakref
 import zlib
@@ -78,6 +80,15 @@ def _name(prefix: str, generation: int, suffix: str) -> str:
     return f"{prefix}.{generation:08d}.{suffix}"
 
 
+def holds_checkpoint(path: str | os.PathLike, generation: int, token: str | None = None) -> bool:
+    """Whether the storage in ``path`` can still be opened at checkpoint ``generation`` (written as ``token``)."""
+    try:
+        with open(Path(path) / _name("state", generation, "pkl"), "rb") as f:
+            return token is None or pickle.load(f)["token"] == token
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError):
+        return False
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     os.fsync(fd)
@@ -119,6 +130,30 @@ def _lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _remove_stale_creations(path: Path) -> None:
+    """Delete ``.<name>.creating-<pid>`` folders of ``path`` left by a creation killed midway (no lock held)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.creating-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        try:
+            fd = _lock(stale)
+        except (StorageError, OSError):
+            continue  # being created now, or not ours to judge
+        os.close(fd)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_records(path: Path):
@@ -170,6 +205,7 @@ class DiskArrays:
                 "load_replay_buffer(...), or choose a new (or empty) directory."
             )
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_creations(path)
         tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
         tmp.mkdir()
         lock_fd = _lock(tmp)

@@ -68,6 +68,26 @@ class ReplayMemoryReport:
         return row
 
 
+def storage_needs(report: ReplayMemoryReport, checkpoint_interval: int = 50_000) -> dict[str, dict[str, float]]:
+    """
+    RAM and disk a full :class:`DrMReplayBuffer` of ``report.buffer_size`` transitions needs with each storage.
+
+    - ``memory``: the arrays in RAM; on disk, a run checkpoint's pickle of them, twice while a checkpoint is written
+      (the previous one is kept until the new one is complete).
+    - ``disk``: the files; plus the undo journals of the two checkpoints the storage keeps once the ring wraps (the
+      old content of the rows overwritten in two intervals of ``checkpoint_interval`` transitions). No RAM is needed
+      for the buffer: the page cache holds what sampling touches and the kernel takes it back under pressure.
+
+    :param report: a measured report
+    :param checkpoint_interval: transitions between two run checkpoints (runs: ``checkpoint_every`` frames / action
+        repeat; the study's: 100,000 / 2)
+    :return: ``{"memory": {"ram": bytes, "disk": bytes}, "disk": {"ram": bytes, "disk": bytes}}``
+    """
+    total = report.drm_total_bytes
+    journals = 2 * min(checkpoint_interval, report.buffer_size) * report.drm_bytes_per_transition
+    return {"memory": {"ram": total, "disk": 2 * total}, "disk": {"ram": 0.0, "disk": total + journals}}
+
+
 def _drm_bytes_per_transition(buffer: DrMReplayBuffer, episode_length: int) -> float:
     """Fill ``buffer`` with constant episodes until both rings wrapped; return nbytes / transitions held."""
     obs = np.zeros((buffer.n_envs, *buffer.obs_shape), dtype=buffer.observation_space.dtype)

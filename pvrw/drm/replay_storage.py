@@ -5,16 +5,21 @@
   bookkeeping; unpickling allocates the full capacity again. Pickles written before this (whole arrays) still load.
 - ``storage="disk"``: the arrays live in memory-mapped files under ``path`` (:mod:`pvrw.drm.replay_disk`); Python
   holds only the small state (ring positions, per-env frame counters, open episodes). RAM holds the working set
-  (page cache; the process unmaps what it touched every ``DROP_MAPPINGS_BYTES``, so its RSS stays bounded); a
-  stack's frames are adjacent in the file. :meth:`checkpoint`
-  costs the rows written since the previous one. Pickling a disk buffer checkpoints it and writes a reference
+  (page cache; the process unmaps the pages it mapped once they pass ``DROP_MAPPINGS_BYTES``, so its RSS stays
+  bounded); a stack's frames are adjacent in the file. :meth:`checkpoint` costs the rows written since the previous
+  one. Pickling a disk buffer checkpoints it and writes a reference
   (path, checkpoint number) only, so ``save_replay_buffer`` / ``load_replay_buffer`` work unchanged and resume
-  without reading the data. The files are created on first use, so a model built to load a saved buffer
-  (``DrM.load`` then ``load_replay_buffer``) does not touch the storage before it is opened.
+  without reading the data. Pickled within :func:`pickle_directory` (``DrM.save_replay_buffer`` /
+  ``load_replay_buffer`` and run checkpoints do it), the reference holds the path relative to the pickle's folder, so
+  a run directory that moved (or is mounted elsewhere on another node) reopens its own storage. The files are
+  created on first use, so a model built to load a saved buffer (``DrM.load`` then ``load_replay_buffer``) does not
+  touch the storage before it is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import pickle
 import shutil
@@ -36,10 +41,43 @@ except ImportError:  # pragma: no cover
 STORAGES = ("memory", "disk")
 ARRAY_NAMES = ("frames", "obs_frame", "actions", "rewards", "dones", "timeouts")
 TRANSITION_ARRAYS = ARRAY_NAMES[1:]
-# unmap the pages of the maps after this many bytes were read or written through them: bounds the RSS (the kernel
-# maps up to 64 kB around each page fault, so the pages mapped can reach about twice this)
-DROP_MAPPINGS_BYTES = 256 << 20
+# unmap the pages of the maps once this process's file-backed RSS grew this much since the storage was opened: bounds
+# the RSS. The kernel maps more than what is read (fault-around, whole large folios: measured up to 5x for random
+# stacks), so the RSS is read (/proc/self/status) after every CHECK_MAPPED_BYTES read or written through the maps.
+# Each unmapping costs page faults when the pages are read again: at 256 MB warm sampling of 84 px stacks from 100k
+# transitions ran at 0.85x a memory buffer, at 1 GB 0.95x (benchmarks/bench_replay_storage.py, this machine)
+DROP_MAPPINGS_BYTES = 1 << 30
+CHECK_MAPPED_BYTES = 32 << 20
 _OPEN: dict[str, weakref.ref] = {}  # storage directory -> the buffer of this process that has it open
+_PICKLE_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("replay_pickle_dir", default=None)
+
+
+@contextlib.contextmanager
+def pickle_directory(pickle_file: str | os.PathLike | object):
+    """
+    Within this context a disk buffer pickled to (or unpickled from) ``pickle_file`` refers to its storage by a path
+    relative to the file's folder (see the module docstring). ``pickle_file`` that is not a path (an open file): no-op.
+    """
+    if not isinstance(pickle_file, (str, os.PathLike)):
+        yield
+        return
+    token = _PICKLE_DIR.set(os.path.dirname(os.path.abspath(pickle_file)))
+    try:
+        yield
+    finally:
+        _PICKLE_DIR.reset(token)
+
+
+def _rss_file() -> int | None:
+    """:return: this process's file-backed resident bytes (Linux), None where unknown"""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssFile:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class ReplayStorageMixin:
@@ -66,11 +104,29 @@ class ReplayStorageMixin:
             for spec in self._array_specs():
                 full = np.full if spec.fill else lambda shape, _fill, dtype: np.zeros(shape, dtype)
                 setattr(self, spec.name, full(spec.shape, spec.fill, np.dtype(spec.dtype)))
-        self._warn_if_space_short()
+            self._warn_if_space_short()  # disk: when the files are created (not by a model loaded for evaluation)
 
     def nbytes(self) -> int:
         """:return: bytes of the buffer's arrays at full capacity (in RAM, or on disk once written)"""
         return sum(spec.nbytes for spec in self._array_specs())
+
+    def nbytes_holding(self, transitions: int) -> int:
+        """
+        :param transitions: transitions added per env (agent steps; capped at the capacity)
+        :return: bytes of the arrays once they hold ``transitions``: what memory storage touches in RAM, or what disk
+            storage allocates (in chunks of rows), episodes' first stacks included (the frame ring's slack, in
+            proportion)
+        """
+        total = 0
+        for spec in self._array_specs():
+            if spec.name == "frames":
+                rows = -(-transitions * spec.shape[0] // self.buffer_size)
+            else:
+                rows = spec.shape[0] if spec.fill else transitions  # a non-zero fill is written at creation
+            if self.storage == "disk":
+                rows = -(-rows // spec.chunk_rows) * spec.chunk_rows
+            total += min(spec.shape[0], rows) * spec.row_bytes
+        return total
 
     def _warn_if_space_short(self) -> None:
         if self.storage == "disk":
@@ -96,6 +152,8 @@ class ReplayStorageMixin:
                     f"This disk-backed replay buffer was closed (its storage {self.path} was closed or reopened); "
                     "use the buffer returned by DrMReplayBuffer.open / load_replay_buffer."
                 )
+            if not self.__dict__.get("space_checked"):
+                self._warn_if_space_short()
             self._attach(DiskArrays.create(self.path, self._array_specs(), self._small_state()))
             return self.__dict__[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -107,7 +165,7 @@ class ReplayStorageMixin:
     def _attach(self, disk: DiskArrays) -> None:
         key = os.path.realpath(disk.path)
         _OPEN[key] = weakref.ref(self)
-        self._disk, self._closed, self._mapped_bytes = disk, False, 0
+        self._disk, self._closed, self._mapped_bytes, self._rss_file_base = disk, False, 0, _rss_file()
         self.__dict__.update(disk.arrays)
 
     def _open_storage(self, path: str | os.PathLike, generation: int | None, token: str | None = None) -> None:
@@ -186,11 +244,14 @@ class ReplayStorageMixin:
 
     def _count_mapped(self, nbytes: int) -> None:
         # pages read or written through the maps stay in this process's RSS until unmapped (not evicted: they stay in
-        # the page cache); unmap them every DROP_MAPPINGS_BYTES
+        # the page cache); unmap them once they pass DROP_MAPPINGS_BYTES (each CHECK_MAPPED_BYTES if the RSS is unknown)
         self._mapped_bytes += nbytes
-        if self._mapped_bytes > DROP_MAPPINGS_BYTES:
+        if self._mapped_bytes < CHECK_MAPPED_BYTES:
+            return
+        self._mapped_bytes = 0
+        rss, base = _rss_file(), self.__dict__.get("_rss_file_base")
+        if rss is None or base is None or rss - base > DROP_MAPPINGS_BYTES:
             self._disk.drop_mappings()
-            self._mapped_bytes = 0
 
     # ------------------------------------------------------------------------------------------------ pickle
     def _filled_rows(self, name: str) -> int:
@@ -202,6 +263,9 @@ class ReplayStorageMixin:
         if self.storage == "disk":  # a checkpoint, and a reference to it
             generation = self.checkpoint()
             ref = {"path": os.path.abspath(self.path), "generation": generation, "token": self._disk.token}
+            base = _PICKLE_DIR.get()
+            if base is not None:
+                ref["relative_path"] = os.path.relpath(os.path.abspath(self.path), base)
             return {"_replay_storage_ref": ref}
         state = self.__dict__.copy()
         fills = {spec.name: spec.fill for spec in self._array_specs()}
@@ -213,6 +277,9 @@ class ReplayStorageMixin:
     def __setstate__(self, state: dict) -> None:
         ref = state.get("_replay_storage_ref")
         if ref is not None:
+            base = _PICKLE_DIR.get()
+            if base is not None and ref.get("relative_path") is not None:  # the storage beside the pickle, wherever
+                ref = {**ref, "path": os.path.normpath(os.path.join(base, ref["relative_path"]))}
             try:
                 self._open_storage(ref["path"], ref["generation"], ref["token"])
             except StorageError as error:

@@ -91,9 +91,12 @@ def load_replay_buffer_file(path: str | os.PathLike | io.BufferedIOBase, load: A
 
     :raises FileNotFoundError: no such file. :raises SavedModelError: a truncated or damaged pickle.
     """
+    from pvrw.drm.replay_storage import pickle_directory
+
     resolved = resolve_saved_path(path, "pkl")
     try:
-        load(resolved)
+        with pickle_directory(resolved):  # a disk buffer's reference: its storage relative to the file
+            load(resolved)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise SavedModelError(
             f"{resolved} is not a complete replay buffer: the file is truncated or damaged ({type(err).__name__}: "

@@ -8,6 +8,10 @@ no checkpoint directory is ever replaced in place. A kill at any moment therefor
 complete checkpoint. One that is missing or damaged anyway (a disk fault, a file cut) is passed over for the newest
 complete checkpoint on disk, or refused (:class:`CheckpointError`): a run never restarts silently from frame 0.
 Runs written before checkpoints counted frames have ``step_<agent steps>/`` directories; they are read the same way.
+
+A replay buffer on disk (``replay_storage: disk``, :mod:`pvrw.runs.replay`) is checkpointed in its own folder first;
+``replay_buffer.pkl`` refers to that buffer checkpoint by a path relative to the checkpoint, and ``checkpoint.json``
+records it, so a checkpoint whose buffer checkpoint is gone is passed over like a damaged one.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ def save_checkpoint(
     tmp = run_dir.checkpoints / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     has_buffer = bool(save_replay_buffer and getattr(model, "replay_buffer", None) is not None)
+    replay = None  # where a disk buffer's checkpoint is, relative to the run
     info = CheckpointInfo(
         dir=name,
         steps=int(model.num_timesteps),
@@ -126,14 +131,18 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
         model.save(tmp / MODEL_FILE)
         if has_buffer:
-            model.save_replay_buffer(tmp / BUFFER_FILE)
+            from pvrw.drm.replay_storage import pickle_directory
+
+            with pickle_directory(tmp / BUFFER_FILE):  # a disk buffer: checkpointed, referred to relative to the run
+                model.save_replay_buffer(tmp / BUFFER_FILE)
+            replay = _replay_reference(model.replay_buffer, run_dir)
         if state is not None:
             with open(tmp / STATE_FILE, "wb") as f:
                 pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         for path in tmp.iterdir():
             _fsync(path)
-        atomic_write_json(tmp / INFO_FILE, {**asdict(info), "files": sizes})
+        atomic_write_json(tmp / INFO_FILE, {**asdict(info), "files": sizes, **({"replay": replay} if replay else {})})
         _fsync(tmp)
     except BaseException as err:
         release_frames(err)  # closes the files the failed write left open, so that removing them frees their space
@@ -157,6 +166,15 @@ def save_checkpoint(
     kill_point("checkpoint-committed", frames)
     _remove_old(run_dir, info, keep)
     return info
+
+
+def _replay_reference(buffer: Any, run_dir: RunDir) -> dict[str, Any] | None:
+    """The storage checkpoint a disk buffer's pickle refers to: its folder (relative to the run), number and token."""
+    disk = getattr(buffer, "_disk", None)
+    if getattr(buffer, "storage", None) != "disk" or disk is None:
+        return None
+    where = os.path.relpath(os.path.abspath(buffer.path), os.path.abspath(run_dir.root))
+    return {"dir": where, "generation": disk.generation, "token": disk.token}
 
 
 def _remove_old(run_dir: RunDir, live: CheckpointInfo, keep: int) -> None:
@@ -204,10 +222,11 @@ def checkpoint_problem(run_dir: RunDir, info: CheckpointInfo) -> str | None:
     if not path.is_dir():
         return "missing"
     try:
-        sizes = json.loads((path / INFO_FILE).read_text())["files"]
+        recorded = json.loads((path / INFO_FILE).read_text())
+        sizes, replay = recorded["files"], recorded.get("replay")
     except FileNotFoundError:
-        sizes = {}  # written before checkpoints recorded their files: check model.zip only
-    except (OSError, ValueError, KeyError, TypeError):
+        sizes, replay = {}, None  # written before checkpoints recorded their files: check model.zip only
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"damaged ({INFO_FILE} is unreadable)"
     for name, size in sizes.items():
         actual = (path / name).stat().st_size if (path / name).is_file() else None
@@ -215,6 +234,11 @@ def checkpoint_problem(run_dir: RunDir, info: CheckpointInfo) -> str | None:
             return f"damaged ({name} is missing)" if actual is None else f"damaged ({name}: {actual} of {size} bytes)"
     if info.has_replay_buffer and not (path / BUFFER_FILE).is_file():
         return f"damaged ({BUFFER_FILE} is missing)"
+    if info.has_replay_buffer and replay:
+        from pvrw.drm.replay_disk import holds_checkpoint
+
+        if not holds_checkpoint(run_dir.root / replay["dir"], replay["generation"], replay.get("token")):
+            return f"stale (its replay buffer, checkpoint {replay['generation']} of {replay['dir']}/, is gone)"
     try:
         with zipfile.ZipFile(path / MODEL_FILE) as archive:
             bad = archive.testzip()

@@ -31,6 +31,9 @@ PVRS: tuple[str, ...] = ("none", "resnet18", "dinov2", "dinov2_reg", "vc1")
 
 METAWORLD_PREFIX = "metaworld/"
 
+#: values of the ``replay_storage`` key (the storages of pvrw.drm.DrMReplayBuffer)
+REPLAY_STORAGES: tuple[str, ...] = ("disk", "memory")
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` (no dot) as a string; hyper-parameters are written that way, so read it as a float."""
@@ -98,6 +101,10 @@ class RunConfig:
     """save model + replay buffer every this many frames (0 = only at the end)"""
     save_replay_buffer: bool = True
     """save the replay buffer with each checkpoint (needed for a faithful --resume)"""
+    replay_storage: str = "disk"
+    """where pvrw's replay buffer (DrMReplayBuffer) keeps its arrays: disk (memory-mapped files in RUN_DIR/replay/;
+    a checkpoint writes only the transitions added since the previous one, RAM holds the working set) or memory
+    (numpy arrays; each checkpoint pickles everything stored). Other buffers (SB3's) are always in memory"""
     video: bool = True
     """record the first episode of every evaluation to videos/"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -137,7 +144,7 @@ class RunConfig:
         """Runs whose configs differ only by seed share this key (for averaging over seeds)."""
         d = self.to_dict()
         d.pop("seed")
-        for k in ("device", "threads", "video", "checkpoint_every", "save_replay_buffer"):
+        for k in ("device", "threads", "video", "checkpoint_every", "save_replay_buffer", "replay_storage"):
             d.pop(k)
         return yaml.safe_dump(d, sort_keys=True)
 
@@ -162,6 +169,10 @@ class RunConfig:
         for key in ("env_kwargs", "pvr_kwargs", "algo_kwargs"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"{key}: must be a mapping of keyword arguments, got {getattr(self, key)!r}")
+        if self.replay_storage not in REPLAY_STORAGES:
+            raise ConfigError(
+                f"replay_storage: must be one of {', '.join(REPLAY_STORAGES)}, got {self.replay_storage!r}"
+            )
         if not isinstance(self.pvr, str) or not self.pvr:
             raise ConfigError(f"pvr: must be 'none' or a backbone name such as {', '.join(PVRS[1:])}")
         if self.pvr == "none" and self.pvr_kwargs:

@@ -8,6 +8,7 @@
       metrics.csv        one row per training episode and per evaluation (append-only)
       tb/                TensorBoard events
       checkpoints/       latest.json -> frame_<frames>/{model.zip, replay_buffer.pkl, state.pkl, checkpoint.json}
+      replay/            the replay buffer's memory-mapped files (replay_storage: disk; see pvrw.drm.replay_disk)
       videos/            evaluation videos
       plot.png           learning curves, written at the end of training
       eval.json          the last `pvrw eval` result
@@ -38,11 +39,15 @@ STATES = (PENDING, RUNNING, FINISHED, FAILED)
 
 LOCK_FILE = ".pvrw.lock"
 #: what pvrw writes at the top of a run directory, besides the lock and its videos (see :func:`is_pvrw_video`)
-RUN_FILES: tuple[str, ...] = ("config.yaml", "status.json", "metrics.csv", "plot.png", "eval.json", "tb", "checkpoints")
+RUN_FILES: tuple[str, ...] = (
+    "config.yaml", "status.json", "metrics.csv", "plot.png", "eval.json", "tb", "checkpoints", "replay"
+)  # fmt: skip
 #: the videos pvrw writes (training evaluations, `pvrw eval`), and their temporary names
 _VIDEO = re.compile(r"^(eval(_cli)?_\d+\.(mp4|gif)|\.eval(_cli)?_\d+\.tmp\.(mp4|gif))$")
 #: the temporary files of atomic_write_* (a kill can leave one)
 _TMP = re.compile(r"^\.(" + "|".join(re.escape(n) for n in RUN_FILES) + r")\..+\.tmp$")
+#: a replay storage being created (pvrw.drm.replay_disk), left behind by a kill
+_CREATING = re.compile(r"^\.replay\.creating-\d+$")
 
 
 class RunDirError(RuntimeError):
@@ -97,6 +102,7 @@ class RunDir:
     metrics = property(lambda self: self.root / "metrics.csv")
     tensorboard = property(lambda self: self.root / "tb")
     checkpoints = property(lambda self: self.root / "checkpoints")
+    replay = property(lambda self: self.root / "replay")
     latest = property(lambda self: self.root / "checkpoints" / "latest.json")
     videos = property(lambda self: self.root / "videos")
     plot = property(lambda self: self.root / "plot.png")
@@ -204,7 +210,7 @@ def remove_run_files(run_dir: RunDir | str | os.PathLike, names: Iterable[str] |
     if "videos" in names and rd.videos.is_dir():
         targets += [p for p in rd.videos.iterdir() if p.is_file() and is_pvrw_video(p)]
     if everything and rd.root.is_dir():
-        targets += [p for p in rd.root.iterdir() if _TMP.match(p.name)]
+        targets += [p for p in rd.root.iterdir() if _TMP.match(p.name) or _CREATING.match(p.name)]
     removed = []
     for path in targets:
         if path.is_dir() and not path.is_symlink():

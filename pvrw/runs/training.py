@@ -88,13 +88,17 @@ def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(config: RunConfig, env: Any) -> Any:
-    """A new algorithm instance for ``config`` on ``env``."""
+def build_model(config: RunConfig, env: Any, run_dir: RunDir | None = None) -> Any:
+    """A new algorithm instance for ``config`` on ``env``; with ``run_dir``, its replay buffer is stored as
+    ``config.replay_storage`` says (:func:`pvrw.runs.replay.add_replay_storage`)."""
     from pvrw.runs.envs import default_policy, resolve_device
+    from pvrw.runs.replay import add_replay_storage
 
     algo_class = load_algo_class(config.algo)
     policy = default_policy(config, env.observation_space)
     kwargs = algo_constructor_kwargs(config)
+    if run_dir is not None:
+        add_replay_storage(kwargs, config, env.observation_space, run_dir)
     device = resolve_device(config.device)
     try:
         return algo_class(policy, env, seed=config.seed, device=device, verbose=0, **kwargs)
@@ -124,6 +128,13 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
     from pvrw.runs.envs import EVAL_SEED_OFFSET, make_backbone, make_run_env, resolve_device
     from pvrw.runs.faults import kill_point
     from pvrw.runs.metrics import MetricsWriter, truncate_metrics
+    from pvrw.runs.replay import (
+        adopt_replay_dir,
+        check_replay_space,
+        close_replay,
+        forget_replay,
+        run_space_checked,
+    )
     from pvrw.runs.rng_state import RecordResetState, restore_run_state
 
     from pvrw.runs.envs import check_run_setup
@@ -143,24 +154,31 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         import torch
 
         torch.set_num_threads(config.threads)
-    env = eval_env = writer = callback = None
+    env = eval_env = writer = callback = model = None
     try:
         backbone = make_backbone(config)
         env = Monitor(RecordResetState(make_run_env(config, backbone=backbone)))
         eval_env = make_run_env(config, evaluation=True, record_frames=config.video, backbone=backbone)
         checkpoint = latest_checkpoint(rd)
         if checkpoint is not None:
-            model, checkpoint = load_checkpoint(
-                load_algo_class(config.algo), rd, env, device=resolve_device(config.device), info=checkpoint
-            )
+            with run_space_checked():
+                model, checkpoint = load_checkpoint(
+                    load_algo_class(config.algo), rd, env, device=resolve_device(config.device), info=checkpoint
+                )
+            adopt_replay_dir(model, rd)
+            if not checkpoint.has_replay_buffer:
+                forget_replay(rd)  # the buffer starts empty: a new storage
             truncate_metrics(rd.metrics, checkpoint.steps, rows=checkpoint.metrics_rows)
             if checkpoint.metrics_rows is None:  # an older checkpoint: its evaluation is the last eval row kept
                 checkpoint.last_eval_frames = _evaluated_at(rd, checkpoint.frames)
             episodes, wall_time = checkpoint.episodes, checkpoint.wall_time
         else:
-            model = build_model(config, env)
-            remove_run_files(rd, ("metrics.csv", "videos"))  # of an attempt that died before its first checkpoint
+            with run_space_checked():
+                model = build_model(config, env, rd)
+            # of an attempt that died before its first checkpoint
+            remove_run_files(rd, ("metrics.csv", "videos", "replay"))
             episodes, wall_time = 0, 0.0
+        check_replay_space(model, config, rd)
         # written once the run could be set up, so a directory whose setup failed (bad resolution, missing
         # weights) holds no config.yaml and can be started again with other settings
         save_config(config, rd.config)
@@ -232,6 +250,8 @@ def run_training(config: RunConfig, run_dir: str | os.PathLike, progress: bool =
         for e in (env, eval_env):
             if e is not None:
                 e.close()
+        if model is not None:
+            close_replay(model)
 
 
 def _disk_full_error(rd: RunDir, error: BaseException) -> DiskFullError:
