@@ -102,6 +102,8 @@ TRAIN = (
     "--env", "test_runs_tinyenv:TinyPixels-v0", "--eval-every", "100", "--eval-episodes", "1",
     "--checkpoint-every", "100", "--no-video", "--no-progress", "--threads", "1", "--learning-starts", "40",
     "--batch-size", "16", "--buffer-size", "1000", "--set", "policy_kwargs={hidden_dim: 32, feature_dim: 16}",
+    # the checkpoint's own write is what fills the disk here; a disk replay's full disk: test_drm_replay_storage.py
+    "--replay-storage", "memory",
 )  # fmt: skip
 TESTS_ON_PATH = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
