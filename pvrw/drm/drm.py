@@ -18,6 +18,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
+from stable_baselines3.common.vec_env import VecEnv  # noqa: F401  (SB3's GymEnv names it: resolves the type hints)
 
 from pvrw.drm.buffers import DrMReplayBuffer
 from pvrw.drm.dict_buffers import DrMDictReplayBuffer, default_replay_buffer
