@@ -10,7 +10,6 @@ import warnings
 from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
-import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
@@ -19,46 +18,25 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv  # noqa: F401  (SB3's GymEnv names it: resolves the type hints)
 
 from pvrw.drm.buffers import DrMReplayBuffer
 from pvrw.drm.dict_buffers import DrMDictReplayBuffer, default_replay_buffer
-from pvrw.drm.drqv2 import DRQV2_DEFAULTS, DrQv2Variant, network_variant, remove_value_net
+from pvrw.drm.drqv2 import DrQv2Variant, remove_value_net
 from pvrw.drm.mechanisms import DormantMechanisms
 from pvrw.drm.networks import Actor, Critic, ValueNetwork
+from pvrw.drm.options import PRECISIONS, STDDEV_TYPES, VARIANT_DEFAULTS, bf16_supported, check_options  # noqa: F401
+from pvrw.drm.persistence import DrMPersistence
 from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, MultiInputPolicy, PiegPolicy
 from pvrw.drm.policy_kwargs import check_policy_kwargs, refuse_algorithm_kwargs
 from pvrw.drm.remedy_options import DormantRemedies
-from pvrw.drm.saved import check_model_zip, load_replay_buffer_file
 from pvrw.drm.schedules import ScheduleSpec, parse_step_schedule
 from pvrw.drm.update import DrMUpdate
 
 SelfDrM = TypeVar("SelfDrM", bound="DrM")
 
-#: Hyper-parameters that differ between the two reference variants (``None`` arguments take these).
-#: ``drm``: the original agent (``agents/drm.py``) as run before the 2024-05-27 Meta-World rewrite: n = 3, gamma =
-#: 0.99, lambda_hat = 0.6 (every task config). ``max_perturb_factor`` has no agent default (``???``); 0.9 is the value
-#: of most of the old Meta-World task configs (assembly, stick-pull, sweep-into; coffee-push/disassemble used 0.6).
-#: ``drm_mw``: ``agents/drm_mw.py`` + ``cfgs/agent/drm_mw.yaml`` with the values that actually take effect in
-#: ``train_mw.py``: n = floor(3 + 7) = 10 and gamma = 0.997 - 0.02 - 0.007 = 0.97, constant (the annealing is dead
-#: code), lambda = 0.5, max_perturb_factor = 0.95.
-VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "drm": dict(n_steps=3, gamma=0.99, target_lambda=0.6, max_perturb_factor=0.9),
-    "drm_mw": dict(n_steps=10, gamma=0.97, target_lambda=0.5, max_perturb_factor=0.95),
-    "drqv2": DRQV2_DEFAULTS,  # the DrQ-v2 baseline (drqv2.py)
-}
-STDDEV_TYPES = ("awake", "dormant")
-PRECISIONS = ("fp32", "bf16")
 
-
-def bf16_supported(device: th.device) -> bool:
-    """Whether bf16 autocast is fast on ``device``: CUDA with bf16 support, or a CPU with AVX512-bf16 / AMX."""
-    if device.type == "cuda":
-        return th.cuda.is_bf16_supported()
-    return device.type == "cpu" and th.backends.mkldnn.is_available() and th.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
+class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, DrMPersistence, OffPolicyAlgorithm):
     """
     DrM: dormant-ratio minimisation on top of DrQ-v2 (deterministic actor with scheduled exploration noise, clipped
     double Q, n-step returns, random-shift augmentation), with dormant-ratio-guided perturbation, exploration and
@@ -207,16 +185,7 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
         **kwargs: Any,
     ):
         refuse_algorithm_kwargs(type(self).__name__, kwargs)
-        if variant not in VARIANT_DEFAULTS:
-            raise ValueError(f"Unknown DrM variant {variant!r}, expected one of {tuple(VARIANT_DEFAULTS)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {precision!r}, expected one of {PRECISIONS}")
-        if stddev_type not in STDDEV_TYPES:
-            raise ValueError(f"Unknown stddev_type {stddev_type!r}, expected one of {STDDEV_TYPES}")
-        defaults = VARIANT_DEFAULTS[variant]
-        policy_kwargs = dict(policy_kwargs or {})
-        if policy_kwargs.setdefault("variant", network_variant(variant)) != network_variant(variant):
-            raise ValueError(f"policy_kwargs['variant']={policy_kwargs['variant']!r} contradicts variant={variant!r}")
+        defaults, policy_kwargs = check_options(variant, precision, stddev_type, policy_kwargs)
         super().__init__(
             policy,
             env,
@@ -401,52 +370,3 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, OffPolicy
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
         )
-
-    @staticmethod
-    def _wrap_env(env: GymEnv, verbose: int = 0, monitor_wrapper: bool = True) -> VecEnv:
-        # SB3 takes a Gymnasium VectorEnv (e.g. pvrw's make_vec_env) for a single env and fails with a message about
-        # OpenAI Gym; say what to use instead (used by __init__, set_env and load).
-        if isinstance(env, gym.vector.VectorEnv):
-            raise TypeError(
-                f"DrM, like every Stable-Baselines3 algorithm, takes one gymnasium.Env or an SB3 VecEnv, not a Gymnasium "
-                f"{type(env).__name__} (what pvrw.make_vec_env returns). For several envs use "
-                "DummyVecEnv([lambda: make_env(...)] * n) or SubprocVecEnv (stable_baselines3.common.vec_env), wrapped "
-                "in pvrw.VecPVRObservation for features."
-            )
-        return OffPolicyAlgorithm._wrap_env(env, verbose, monitor_wrapper)
-
-    @classmethod
-    def load(cls, path: Any, env: GymEnv | None = None, device: th.device | str = "auto", **kwargs: Any) -> Any:
-        """SB3's ``load``, after checking the file: a missing file is named as given (not ``path.zip.zip``), a
-        truncated or damaged zip or a model of another algorithm (``holds a SAC model: use SAC.load``) raise a
-        :class:`~pvrw.drm.saved.SavedModelError` naming the file."""
-        return super().load(check_model_zip(path, cls), env=env, device=device, **kwargs)
-
-    def save_replay_buffer(self, path: Any) -> None:
-        """SB3's ``save_replay_buffer``; a disk buffer's reference names its storage relative to the file's folder."""
-        from pvrw.drm.replay_storage import pickle_directory
-
-        with pickle_directory(path):
-            super().save_replay_buffer(path)
-
-    def load_replay_buffer(self, path: Any, truncate_last_traj: bool = True) -> None:
-        """SB3's ``load_replay_buffer``; a missing file is named as given, a damaged one is a ``SavedModelError``."""
-        load = super().load_replay_buffer
-        load_replay_buffer_file(path, lambda resolved: load(resolved, truncate_last_traj))
-
-    def _excluded_save_params(self) -> list[str]:
-        return [
-            *super()._excluded_save_params(),
-            "actor",
-            "critic",
-            "critic_target",
-            "value_net",
-        ]
-
-    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
-        state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]
-        if self.policy.value_net is not None:  # DrQ-v2 has none
-            state_dicts.append("value_net.optimizer")
-        if self.policy.encoder_optimizer is not None:
-            state_dicts.append("policy.encoder_optimizer")
-        return state_dicts, []

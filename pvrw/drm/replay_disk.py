@@ -23,9 +23,7 @@ import glob
 import mmap
 import os
 import pickle
-import re
 import shutil
-import struct
 import weakref
 import zlib
 from dataclasses import asdict, dataclass
@@ -34,13 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
+# the file primitives, under the names this module always used (the crash tests patch _write_all and _read_records here)
+from pvrw.drm.replay_files import DATA, FILL, RECORD, RECORD_MAGIC, STATE_RE, UNDO_RE
+from pvrw.drm.replay_files import atomic_write as _atomic_write
+from pvrw.drm.replay_files import close_fds as _close_fds
+from pvrw.drm.replay_files import file_name as _name
+from pvrw.drm.replay_files import fsync_dir as _fsync_dir
+from pvrw.drm.replay_files import generations as _generations
+from pvrw.drm.replay_files import pid_alive as _alive
+from pvrw.drm.replay_files import read_records as _read_records
+from pvrw.drm.replay_files import write_all as _write_all
+
 KEEP_GENERATIONS = 2
 CHUNK_BYTES = 8 << 20  # journal / flush / allocation granularity
-STATE_RE = re.compile(r"state\.(\d{8})\.pkl$")
-UNDO_RE = re.compile(r"undo\.(\d{8})\.log$")
-RECORD = struct.Struct("<4sHBqqqI")  # magic, name length, kind, first row, stop row, payload bytes, crc32
-RECORD_MAGIC = b"UREC"
-DATA, FILL = 0, 1
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,6 @@ class StorageError(RuntimeError):
     """A replay storage directory cannot be created or opened as asked."""
 
 
-def _name(prefix: str, generation: int, suffix: str) -> str:
-    return f"{prefix}.{generation:08d}.{suffix}"
-
-
 def holds_checkpoint(path: str | os.PathLike, generation: int, token: str | None = None) -> bool:
     """Whether the storage in ``path`` can still be opened at checkpoint ``generation`` (written as ``token``)."""
     try:
@@ -87,33 +87,6 @@ def holds_checkpoint(path: str | os.PathLike, generation: int, token: str | None
             return token is None or pickle.load(f)["token"] == token
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError):
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while len(view):
-        view = view[os.write(fd, view) :]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # as pvrw.runs.layout.atomic_write_bytes, plus a directory fsync (the rename is the commit); drm does not import runs
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _generations(path: Path, pattern: re.Pattern) -> list[int]:
-    return sorted(int(m.group(1)) for p in path.iterdir() if (m := pattern.match(p.name)))
 
 
 def _lock(path: Path) -> int:
@@ -144,34 +117,6 @@ def _remove_stale_creations(path: Path) -> None:
             continue  # being created now, or not ours to judge
         os.close(fd)
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_records(path: Path):
-    """Yield ``(kind, name, first, stop, payload)`` of the complete records of a journal; stop at a torn one."""
-    with open(path, "rb") as f:
-        while header := f.read(RECORD.size):
-            if len(header) < RECORD.size:
-                return
-            magic, name_len, kind, first, stop, size, crc = RECORD.unpack(header)
-            name, payload = f.read(name_len), f.read(size)
-            if magic != RECORD_MAGIC or len(name) < name_len or len(payload) < size or zlib.crc32(payload) != crc:
-                return
-            yield kind, name.decode(), first, stop, payload
-
-
-def _close_fds(fds: list[int]) -> None:
-    while fds:
-        os.close(fds.pop())
 
 
 class DiskArrays:
