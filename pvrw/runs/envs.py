@@ -93,6 +93,8 @@ def make_run_env(
         from pvrw.pvr_wrappers import PVRObservation
 
         pvr_kwargs = dict(config.pvr_kwargs)
+        if backbone is not None:  # built with its options (tokens, layers...) by make_backbone
+            pvr_kwargs = {k: v for k, v in pvr_kwargs.items() if k not in backbone_options(config)}
         if not _is_pixel_space(env.observation_space):
             pvr_kwargs.setdefault("source", "render")  # a state env: embed its rendered frames
         env = PVRObservation(
@@ -114,12 +116,21 @@ def make_backbone(config: RunConfig) -> Any:
     _check_backbone(config)
     try:
         return create_backbone(
-            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
+            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device),
+            **backbone_options(config),
         )
     except WeightsFormatError:  # a damaged or wrong weight file: its own message names the file and the fix
         raise
     except ValueError as err:  # e.g. a resolution the backbone cannot take
         raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+
+
+def backbone_options(config: RunConfig) -> dict[str, Any]:
+    """The ``pvr_kwargs`` that are options of the run's backbone entry (``tokens``, ``layers``, ``bn_mode``...)."""
+    from pvrw.backbones import get_backbone_cfg
+
+    options = get_backbone_cfg(config.pvr).options
+    return {k: v for k, v in config.pvr_kwargs.items() if k in options}
 
 
 def _unknown_env(env_id: str, err: Exception) -> ConfigError:
@@ -144,6 +155,10 @@ def _check_backbone(config: RunConfig) -> None:
         get_backbone_cfg(config.pvr).check_resolution(config.resolution)
     except ValueError as err:
         raise ConfigError(f"resolution: {err}") from None
+    try:
+        get_backbone_cfg(config.pvr).resolve_options(**backbone_options(config))
+    except ValueError as err:
+        raise ConfigError(f"pvr_kwargs: {err}") from None
 
 
 def check_run_setup(config: RunConfig) -> RunConfig:
