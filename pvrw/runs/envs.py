@@ -215,7 +215,8 @@ def _is_pixel_space(space: gym.Space) -> bool:
 def default_policy(config: RunConfig, observation_space: gym.Space) -> str:
     """The policy a run uses unless ``config.policy`` names one.
 
-    DrM: ``CnnPolicy`` on pixels, ``PiegPolicy`` on spatial features (ResNet18 PIE-G maps), ``MlpPolicy`` on flat
+    DrM: ``CnnPolicy`` on pixels, ``PiegPolicy`` on spatial features (ResNet18 PIE-G maps), ``PatchPolicy`` on ViT
+    patch maps (``pvr_kwargs.tokens: patches``), ``MlpPolicy`` on flat
     features (CLS tokens). SAC/TD3: ``CnnPolicy`` on pixels, ``MlpPolicy`` on anything else (features flattened).
     """
     if config.policy:
@@ -223,6 +224,6 @@ def default_policy(config: RunConfig, observation_space: gym.Space) -> str:
     if _is_pixel_space(observation_space):
         return "CnnPolicy"
     spatial = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) >= 4
-    if config.algo == "drm" and spatial:
-        return "PiegPolicy"
+    if config.algo == "drm" and spatial:  # ViT patch maps get the compressing head, ResNet maps PIE-G's
+        return "PatchPolicy" if config.pvr_kwargs.get("tokens") == "patches" else "PiegPolicy"
     return "MlpPolicy"
