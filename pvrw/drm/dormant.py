@@ -113,8 +113,10 @@ def perturb(network: nn.Module, optimizer: th.optim.Optimizer | None, factor: fl
     :param optimizer: its optimizer, whose state is reset (None: nothing to reset)
     :param factor: alpha, see :func:`perturb_factor`
     """
+    # a sub-module marked ``pvrw_no_perturb`` (a fine-tuned pretrained backbone) keeps its weights
+    kept = {id(m) for top in network.modules() if getattr(top, "pvrw_no_perturb", False) for m in top.modules()}
     for module in network.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and id(module) not in kept:
             fresh = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
             fresh = fresh.to_empty(device=module.weight.device).to(module.weight.dtype)
             weight_init(fresh)

@@ -26,6 +26,7 @@ from pvrw.drm.dict_buffers import DrMDictReplayBuffer, default_replay_buffer
 from pvrw.drm.mechanisms import DormantMechanisms
 from pvrw.drm.networks import VARIANTS, Actor, Critic, ValueNetwork
 from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, MultiInputPolicy, PiegPolicy
+from pvrw.drm.finetune import FinetunePolicy
 from pvrw.drm.pvr_heads import AttentionPoolPolicy, PatchPolicy
 from pvrw.drm.policy_kwargs import check_policy_kwargs, refuse_algorithm_kwargs
 from pvrw.drm.saved import check_model_zip, load_replay_buffer_file
@@ -127,6 +128,7 @@ class DrM(DrMUpdate, DormantMechanisms, OffPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
         "PatchPolicy": PatchPolicy,
         "AttentionPoolPolicy": AttentionPoolPolicy,
+        "FinetunePolicy": FinetunePolicy,
     }
     policy: DrMPolicy
     actor: Actor
