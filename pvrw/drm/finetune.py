@@ -68,6 +68,40 @@ def backbone_blocks(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]
                      "neither: use 'all' or 'none'.")
 
 
+def select_trainable(model: nn.Module, finetune: str, lora_alpha: float | None = None,
+                     name: str = "this backbone") -> nn.Module:
+    """Freeze ``model`` except what ``finetune`` trains (adding LoRA adapters for ``"lora:R"``); returns it."""
+    kind, number = parse_finetune(finetune)
+    model.requires_grad_(kind == "all")
+    if kind == "last":
+        blocks, after = backbone_blocks(model)
+        if number > len(blocks):
+            raise ValueError(f"finetune={finetune!r}: {name} has {len(blocks)} blocks.")
+        for module in [*blocks[-number:], *after]:
+            module.requires_grad_(True)
+    elif kind == "lora":
+        from pvrw.backbones.lora import add_lora
+
+        add_lora(model, number, lora_alpha)
+    return model
+
+
+def finetune_parameter_counts(name: str, resolution: int, finetune: str, **options: Any) -> dict[str, int]:
+    """``backbone_trainable`` / ``backbone_frozen`` parameters of a registered backbone under ``finetune``, counted
+    on the meta device (no weights, no memory)."""
+    from pvrw.backbones import get_backbone_cfg
+
+    cfg = get_backbone_cfg(name)
+    with th.device("meta"):
+        model = cfg.build_model(cfg.check_resolution(resolution), **cfg.resolve_options(**options))
+        if hasattr(model, "drop_unused"):
+            model.drop_unused()
+        select_trainable(model, finetune, name=name)
+    params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return dict(backbone_trainable=trainable, backbone_frozen=sum(p.numel() for p in params) - trainable)
+
+
 class FinetuneExtractor(BaseFeaturesExtractor):
     """A registered backbone, partly trainable, plus a head, on stacked images ``(3k, H, W)`` (SB3 scales them to
     [0, 1]; the policy's random shift comes first).
@@ -95,7 +129,7 @@ class FinetuneExtractor(BaseFeaturesExtractor):
                              "(no PVRObservation), the backbone runs inside the policy")
         if bn not in BN_MODES:
             raise ValueError(f"bn={bn!r}: use 'frozen' (running statistics, default) or 'update' (PIE-G).")
-        kind, number = parse_finetune(finetune)
+        parse_finetune(finetune)  # a bad mode fails before the backbone is built
         frozen = create_backbone(backbone, weights=weights, resolution=resolution or shape[-1],
                                  **(backbone_options or {}))
         k = shape[0] // 3
@@ -112,19 +146,8 @@ class FinetuneExtractor(BaseFeaturesExtractor):
         self.resolution, self.backbone_shape = frozen.resolution, frozen.output_shape
         self.register_buffer("mean", frozen.mean.clone(), persistent=False)
         self.register_buffer("std", frozen.std.clone(), persistent=False)
-        self.backbone = frozen.model.float()
+        self.backbone = select_trainable(frozen.model.float(), finetune, lora_alpha, name=backbone)
         self.backbone.pvrw_no_perturb = True  # DrM's shrink-and-perturb must not pull it toward a random init
-        self.backbone.requires_grad_(kind == "all")
-        if kind == "last":
-            blocks, after = backbone_blocks(self.backbone)
-            if number > len(blocks):
-                raise ValueError(f"finetune={finetune!r}: {backbone} has {len(blocks)} blocks.")
-            for module in [*blocks[-number:], *after]:
-                module.requires_grad_(True)
-        elif kind == "lora":
-            from pvrw.backbones.lora import add_lora
-
-            add_lora(self.backbone, number, lora_alpha)
         self.head = head
         # DrMPolicy applies DrM's weight_init to the whole encoder: the pretrained state is put back after it
         self._pretrained = {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}

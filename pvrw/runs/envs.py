@@ -82,7 +82,7 @@ def make_run_env(
     :param backbone: a backbone already built by :func:`make_backbone`, shared by the train and eval envs.
     """
     seed = config.seed + (EVAL_SEED_OFFSET if evaluation else 0)
-    uses_pvr = config.pvr != "none"
+    uses_pvr = config.pvr != "none" and not finetunes(config)  # a fine-tuned backbone runs inside the policy
     if config.is_metaworld:
         env = _metaworld_env(config, seed, evaluation)
     else:
@@ -109,7 +109,7 @@ def make_run_env(
 
 def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
-    if config.pvr == "none":
+    if config.pvr == "none" or finetunes(config):
         return None
     from pvrw.backbones import WeightsFormatError, create_backbone
 
@@ -123,6 +123,27 @@ def make_backbone(config: RunConfig) -> Any:
         raise
     except ValueError as err:  # e.g. a resolution the backbone cannot take
         raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+
+
+#: ``pvr_kwargs`` keys of a run that fine-tunes its backbone inside DrM (:mod:`pvrw.drm.finetune`)
+FINETUNE_KEYS = ("finetune", "bn", "backbone_lr")
+
+
+def finetunes(config: RunConfig) -> bool:
+    """Whether the run trains its backbone inside the policy (``pvr_kwargs.finetune`` set): pixels in the replay,
+    ``FinetunePolicy``."""
+    return config.pvr != "none" and config.pvr_kwargs.get("finetune") is not None
+
+
+def finetune_policy_kwargs(config: RunConfig) -> dict[str, Any]:
+    """The ``policy_kwargs`` of a fine-tuning run: the backbone, its options and mode, its learning rate."""
+    kwargs = {k: config.pvr_kwargs[k] for k in ("finetune", "bn") if config.pvr_kwargs.get(k) is not None}
+    extractor = dict(backbone=config.pvr, weights=config.weights, resolution=config.resolution,
+                     backbone_options=backbone_options(config), **kwargs)
+    out: dict[str, Any] = {"features_extractor_kwargs": extractor}
+    if config.pvr_kwargs.get("backbone_lr") is not None:
+        out["backbone_lr"] = float(config.pvr_kwargs["backbone_lr"])
+    return out
 
 
 def backbone_options(config: RunConfig) -> dict[str, Any]:
@@ -159,6 +180,17 @@ def _check_backbone(config: RunConfig) -> None:
         get_backbone_cfg(config.pvr).resolve_options(**backbone_options(config))
     except ValueError as err:
         raise ConfigError(f"pvr_kwargs: {err}") from None
+    if finetunes(config):
+        from pvrw.drm.finetune import BN_MODES, parse_finetune
+
+        if config.algo != "drm":
+            raise ConfigError(f"pvr_kwargs.finetune: fine-tuning runs inside DrM's policy; algo is {config.algo!r}")
+        try:
+            parse_finetune(config.pvr_kwargs["finetune"])
+        except ValueError as err:
+            raise ConfigError(f"pvr_kwargs.{err}") from None
+        if config.pvr_kwargs.get("bn", "frozen") not in BN_MODES:
+            raise ConfigError(f"pvr_kwargs.bn: {config.pvr_kwargs['bn']!r} is not one of {BN_MODES}")
 
 
 def check_run_setup(config: RunConfig) -> RunConfig:
@@ -221,6 +253,8 @@ def default_policy(config: RunConfig, observation_space: gym.Space) -> str:
     """
     if config.policy:
         return config.policy
+    if finetunes(config):
+        return "FinetunePolicy"
     if _is_pixel_space(observation_space):
         return "CnnPolicy"
     spatial = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) >= 4

@@ -88,11 +88,16 @@ def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
 
 def build_model(config: RunConfig, env: Any) -> Any:
     """A new algorithm instance for ``config`` on ``env``."""
-    from pvrw.runs.envs import default_policy, resolve_device
+    from pvrw.runs.envs import default_policy, finetune_policy_kwargs, finetunes, resolve_device
 
     algo_class = load_algo_class(config.algo)
     policy = default_policy(config, env.observation_space)
     kwargs = algo_constructor_kwargs(config)
+    if finetunes(config):  # the backbone is built inside the policy; the user's policy_kwargs win
+        extra = finetune_policy_kwargs(config)
+        given = dict(kwargs.get("policy_kwargs") or {})
+        extra["features_extractor_kwargs"].update(given.pop("features_extractor_kwargs", None) or {})
+        kwargs["policy_kwargs"] = {**extra, **given}
     device = resolve_device(config.device)
     try:
         return algo_class(policy, env, seed=config.seed, device=device, verbose=0, **kwargs)
