@@ -43,7 +43,8 @@ def parse_layers(layers: Any, depth: int) -> tuple[int, ...] | None:
         try:
             layers = [int(p) for p in layers.replace(" ", "").split(",") if p]
         except ValueError:
-            raise ValueError(f"layers={layers!r}: expected comma-separated block indices such as -1,-2,-3,-4.") from None
+            raise ValueError(f"layers={layers!r}: expected comma-separated block indices such as "
+                             "-1,-2,-3,-4.") from None
     elif isinstance(layers, int):
         layers = [layers]
     elif not isinstance(layers, Sequence) or not all(isinstance(i, int) for i in layers):

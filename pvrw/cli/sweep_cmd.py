@@ -112,7 +112,8 @@ def sweep(
         axes[key] = [parse_override(f"{key}={v}")[1] for v in item.split("=", 1)[1].split(";") if v.strip()]
     layers, _ = config_layers(config_file, options, set_items)
     grid_options = {"env": "--tasks", "pvr": "--pvr", "resolution": "--resolution", "seed": "--seeds"}
-    for key in (grid_options.keys() | axes.keys()) & layers[-1].keys():  # --set would be silently replaced by the grid's value
+    # --set would be silently replaced by the grid's value
+    for key in (grid_options.keys() | axes.keys()) & layers[-1].keys():
         raise click.UsageError(f"--set {key}: a grid key, set per run; give it as {grid_options.get(key, '--axis')}")
     base: dict[str, Any] = {}
     for layer in layers:

@@ -51,8 +51,9 @@ _D = RunConfig()  # the study's defaults, quoted in the help
 @click.option("--device", default=None, help=f"Torch device: auto, cpu, cuda, cuda:1... [default: {_D.device}]")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads, 0 for torch's default; 1 is much faster "
               "on a CPU shared with other jobs. [default: 0]")  # fmt: skip
-@click.option("--policy", default=None, help="Policy class name. [default: CnnPolicy on pixels, PiegPolicy on resnet18 "
-              "maps (DrM), PatchPolicy on ViT patch maps, FinetunePolicy with --finetune, MlpPolicy on features]")  # fmt: skip
+@click.option("--policy", default=None, help="Policy class name. [default: CnnPolicy on pixels, PiegPolicy on "
+              "resnet18 maps (DrM), PatchPolicy on ViT patch maps, FinetunePolicy with --finetune, MlpPolicy on "
+              "features]")  # fmt: skip
 @backbone_options()
 @click.option(
     "--eval-every",

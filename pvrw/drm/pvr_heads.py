@@ -14,7 +14,6 @@ encoder. Neither augments (the random shift belongs before the backbone, see :mo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch as th
@@ -113,10 +112,3 @@ class AttentionPoolPolicy(DrMPolicy):
         super().__init__(observation_space, action_space, lr_schedule, *args,
                          features_extractor_class=features_extractor_class, **kwargs)
 
-
-def patch_head_parameters(shape: tuple[int, ...], head: str = "conv") -> int:
-    """Trainable parameters of a patch head for observations ``shape = (k, D, h, w)`` (built on the meta device)."""
-    cls = {"conv": PatchConvExtractor, "attention": AttentionPoolExtractor}[head]
-    with th.device("meta"):
-        extractor = cls(spaces.Box(-math.inf, math.inf, tuple(shape)))
-    return sum(p.numel() for p in extractor.parameters())
