@@ -44,6 +44,8 @@ class BackboneCfg:
         into the model's keys (pos-embed resampling included).
     :param options: option name -> allowed values, the first being the default.
     :param option_doc: option name -> one-line description.
+    :param option_parsers: option name -> ``value -> canonical value`` (raising ValueError) for options whose values
+        are not a fixed list (``layers=``); ``options[name]`` then holds just the default.
     :param requires_weights: False for modules that carry their own weights (``weights=None`` then uses them).
     :param meta_init: build on the meta device when a weight file will fill every tensor (skips random init);
         False for modules with non-persistent buffers, which a state dict does not hold.
@@ -67,6 +69,7 @@ class BackboneCfg:
     convert_state: Callable[..., dict[str, torch.Tensor]] | None = None
     options: dict[str, tuple] = dataclasses.field(default_factory=dict)
     option_doc: dict[str, str] = dataclasses.field(default_factory=dict)
+    option_parsers: dict[str, Callable[[Any], Any]] = dataclasses.field(default_factory=dict)
     requires_weights: bool = True
     meta_init: bool = True
     description: str = ""
@@ -80,6 +83,12 @@ class BackboneCfg:
         resolved = {k: v[0] for k, v in self.options.items()}
         for key, value in options.items():
             if value is None:
+                continue
+            if key in self.option_parsers:
+                try:
+                    resolved[key] = self.option_parsers[key](value)
+                except ValueError as err:
+                    raise ValueError(f"{self.name}: {err}") from None
                 continue
             if value not in self.options[key]:
                 raise ValueError(f"{self.name}: {key}={value!r} is not one of {self.options[key]}.")

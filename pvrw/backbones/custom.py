@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pvrw.backbones.config import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg
+from pvrw.backbones.readouts import LAYERS_DOC, TOKENS, TOKENS_DOC, ViTReadout, parse_layers
 from pvrw.backbones.weights import HFFile, WeightSources
 
 
@@ -30,25 +31,39 @@ def timm_backbone_cfg(name: str, timm_model: str, output_shape: tuple[int, ...] 
     patch = resolution_multiple or int(patch[0] if isinstance(patch, (tuple, list)) else patch)
     is_vit = hasattr(probe, "patch_embed")
     native = pcfg.get("input_size", (3, 224, 224))[-1]
-    shapes: dict[int, tuple[int, ...]] = {}
+    # a transformer with blocks and prefix tokens gets the readouts of pvrw.backbones.readouts besides its own pooling
+    readable = is_vit and hasattr(probe, "blocks") and hasattr(probe, "num_prefix_tokens")
+    registers = int(getattr(probe, "num_reg_tokens", 0) or 0)
+    options, option_doc, parsers = {}, {}, {}
+    if readable:
+        options = {"tokens": ("pooled", *(t for t in TOKENS if registers or t != "cls+registers")), "layers": (None,)}
+        option_doc = {"tokens": "pooled: the model's own pooled output (default); " + TOKENS_DOC,
+                      "layers": LAYERS_DOC + "; not with tokens=pooled"}
+        parsers = {"layers": lambda v: parse_layers(v, len(probe.blocks))}
+    shapes: dict[tuple, tuple[int, ...]] = {}
 
-    def build(resolution: int) -> nn.Module:
+    def build(resolution: int, tokens: str = "pooled", layers: tuple[int, ...] | None = None) -> nn.Module:
+        _check_pooled(tokens, layers)
         extra = {"img_size": resolution} if is_vit else {}
-        return timm.create_model(timm_model, pretrained=False, num_classes=0, **extra, **(timm_kwargs or {}))
+        model = timm.create_model(timm_model, pretrained=False, num_classes=0, **extra, **(timm_kwargs or {}))
+        return model if tokens == "pooled" else ViTReadout(model, tokens, layers)
 
-    def shape(resolution: int) -> tuple[int, ...]:
-        if callable(output_shape):
+    def shape(resolution: int, tokens: str = "pooled", layers: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        _check_pooled(tokens, layers)
+        if tokens == "pooled" and callable(output_shape):
             return tuple(output_shape(resolution))
-        if output_shape is not None:
+        if tokens == "pooled" and output_shape is not None:
             return tuple(output_shape)
-        if resolution not in shapes:
+        key = (resolution, tokens, layers)
+        if key not in shapes:
             with torch.device("meta"):
-                shapes[resolution] = tuple(build(resolution)(torch.zeros(1, 3, resolution, resolution)).shape[1:])
-        return shapes[resolution]
+                model = build(resolution, tokens, layers)
+                shapes[key] = tuple(model(torch.zeros(1, 3, resolution, resolution)).shape[1:])
+        return shapes[key]
 
     classifier = pcfg.get("classifier", "head")
 
-    def convert(state, fmt, meta, model, resolution):
+    def convert(state, fmt, meta, model, resolution, **_):
         state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
         if is_vit and "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
             from timm.layers import resample_abs_pos_embed
@@ -69,8 +84,14 @@ def timm_backbone_cfg(name: str, timm_model: str, output_shape: tuple[int, ...] 
         mean=tuple(mean or pcfg.get("mean", IMAGENET_MEAN)), std=tuple(std or pcfg.get("std", IMAGENET_STD)),
         normalisation="timm-cfg", resolution_multiple=patch if is_vit else 1, min_resolution=patch if is_vit else 1,
         default_resolution=default_resolution or native, weights=weights, formats=("any",), convert_state=convert,
-        meta_init=False,
+        meta_init=False, options=options, option_doc=option_doc, option_parsers=parsers,
         description=description or f"user timm model {timm_model}")
+
+
+def _check_pooled(tokens: str, layers: tuple[int, ...] | None) -> None:
+    if tokens == "pooled" and layers:
+        raise ValueError("layers= reads tokens of several blocks; pick tokens= cls, mean, cls+mean or patches (the "
+                         "model's own pooling, tokens='pooled', reads the last block only).")
 
 
 def module_backbone_cfg(name: str, module: nn.Module | Callable[..., nn.Module],

@@ -119,11 +119,10 @@ def dinov2(depth: int = 12) -> BackboneCfg:
                       HFFile("facebook/dinov2-base", "model.safetensors", transformers_folder=True)),
             url=_DINOV2_URL + "dinov2_vitb14_pretrain.pth", size="346 MB", licence="Apache-2.0"),
         formats=("meta_dinov2", "timm_vit", "transformers_dinov2"),
-        convert_state=lambda s, f, m, model, r, tokens="cls", pos_embed_interp="meta": _dinov2_to_timm(
+        convert_state=lambda s, f, m, model, r, pos_embed_interp="meta", **_: _dinov2_to_timm(
             s, f, m, model, r, registers=False, rule=pos_embed_interp),
-        options={"tokens": ("cls",), "pos_embed_interp": POS_EMBED_RULES},
-        option_doc={"tokens": "cls: the CLS token (768)",
-                    "pos_embed_interp": "how the 37x37 position table is resampled: meta (original DINOv2, "
+        options={"pos_embed_interp": POS_EMBED_RULES},
+        option_doc={"pos_embed_interp": "how the 37x37 position table is resampled: meta (original DINOv2, "
                                         "default), transformers (HF Dinov2Model), timm"},
         description="DINOv2 ViT-B/14 CLS, 768")
 
@@ -141,9 +140,7 @@ def dinov2_reg(depth: int = 12) -> BackboneCfg:
                       HFFile("facebook/dinov2-with-registers-base", "model.safetensors", transformers_folder=True)),
             url=_DINOV2_URL + "dinov2_vitb14_reg4_pretrain.pth", size="~346 MB", licence="Apache-2.0"),
         formats=("meta_dinov2", "timm_vit", "transformers_dinov2_reg"),
-        convert_state=lambda s, f, m, model, r, tokens="cls+registers": _dinov2_to_timm(
-            s, f, m, model, r, registers=True, rule="timm"),
-        options={"tokens": ("cls+registers", "cls")},
-        option_doc={"tokens": "cls+registers: [cls, reg0..reg3] concatenated (3840, default); cls: CLS only (768)"},
+        convert_state=lambda s, f, m, model, r, **_: _dinov2_to_timm(s, f, m, model, r, registers=True, rule="timm"),
+        tokens="cls+registers",
         description="DINOv2 ViT-B/14 reg4, CLS + 4 registers, 3840")
 

@@ -170,10 +170,19 @@ class FrozenBackbone(nn.Module):
     @property
     def preprocessing(self) -> str:
         """A stable description of everything between the uint8 frame and the features, for cache keys."""
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        # options at None (layers= unset) are left out, so caches written before such an option existed still match
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()) if v is not None)
         return (f"resize=bicubic-antialias-clamp->{self.resolution}x{self.resolution}; scale=1/255; "
                 f"norm={self.cfg.normalisation}(mean={self.cfg.mean},std={self.cfg.std}); "
                 f"dtype={str(self.dtype).replace('torch.', '')}; options=[{opts}]")
+
+    @property
+    def feature_set_name(self) -> str:
+        """The default feature-cache set name: the registry name, plus the options that differ from the entry's
+        defaults (``dinov2[layers=(-1, -2),tokens=mean]``), so several readouts of one backbone share a cache file."""
+        defaults = self.cfg.resolve_options()
+        changed = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()) if v != defaults.get(k))
+        return f"{self.name}[{changed}]" if changed else self.name
 
     def train(self, mode: bool = True) -> "FrozenBackbone":
         """Stays in eval mode (frozen); with ``bn_mode="pieg"`` BatchNorm follows ``mode`` like PIE-G's encoder."""

@@ -17,7 +17,7 @@ from pvrw.backbones.vit import resample_grid, vit_cfg
 from pvrw.backbones.weights import HFFile, WeightSources
 
 
-def _vc1_to_timm(state, fmt, meta, model, resolution, tokens="cls") -> dict[str, torch.Tensor]:
+def _vc1_to_timm(state, fmt, meta, model, resolution, **_: object) -> dict[str, torch.Tensor]:
     """VC-1 / MAE checkpoint -> timm ``vit_base_patch16`` keys (eai-vc ``load_mae_encoder``: drop decoder, mask)."""
     state = {k: v for k, v in state.items() if "decoder" not in k and k != "mask_token"}
     pos = state.get("pos_embed")
@@ -40,6 +40,4 @@ def vc1(depth: int = 12) -> BackboneCfg:
             size="448 MB (full MAE incl. decoder)", licence="CC-BY-NC-4.0 (non-commercial)"),
         formats=("mae", "timm_vit"),
         convert_state=_vc1_to_timm,
-        options={"tokens": ("cls",)},
-        option_doc={"tokens": "cls: the CLS token (768)"},
         description="VC-1 base (MAE ViT-B/16) CLS, 768; CC-BY-NC")

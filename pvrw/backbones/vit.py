@@ -1,5 +1,5 @@
 """What the ViT entries (:mod:`~pvrw.backbones.dinov2`, :mod:`~pvrw.backbones.vc1`) share: a timm VisionTransformer
-built at the requested side, its token readout, and position-table resampling.
+built at the requested side, its readouts (:mod:`~pvrw.backbones.readouts`), and position-table resampling.
 
 Position embeddings. Weight files hold the table of the native grid (37x37 for DINOv2, 14x14 for VC-1); the model
 is built at the requested side and the table is resampled once at load, with the rule of the code each family was
@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pvrw.backbones.config import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg
+from pvrw.backbones.readouts import LAYERS_DOC, TOKENS, TOKENS_DOC, ViTReadout, parse_layers, readout_shape
 from pvrw.backbones.weights import WeightsFormatError
 
 POS_EMBED_RULES = ("meta", "transformers", "timm")
@@ -46,24 +47,16 @@ def resample_grid(pos: torch.Tensor, grid: int, rule: str) -> torch.Tensor:
     return table.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos.dtype)
 
 
-class ViTTokens(nn.Module):
-    """A timm VisionTransformer returning chosen tokens after the final norm: ``cls`` (D) or ``cls+registers``."""
+def vit_cfg(name: str, timm_arch: str, registers: bool, patch: int, depth: int, tokens: str = "cls",
+            options: dict[str, tuple] | None = None, option_doc: dict[str, str] | None = None,
+            **fields: Any) -> BackboneCfg:
+    """A ViT-B entry: every readout of :mod:`~pvrw.backbones.readouts` (``tokens`` is the entry's default) plus the
+    entry's own ``options``."""
+    n_reg = 4 if registers else 0
+    choices = (tokens, *(t for t in TOKENS if t != tokens and (registers or t != "cls+registers")))
 
-    def __init__(self, vit: nn.Module, tokens: str) -> None:
-        super().__init__()
-        self.weights_module = vit
-        self.tokens = tokens
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.weights_module.forward_features(x)
-        if self.tokens == "cls":
-            return tokens[:, 0]
-        return tokens[:, : self.weights_module.num_prefix_tokens].flatten(1)
-
-
-
-def vit_cfg(name: str, timm_arch: str, registers: bool, patch: int, depth: int, **fields: Any) -> BackboneCfg:
-    def build(resolution: int, tokens: str = "cls", pos_embed_interp: str = "timm") -> nn.Module:
+    def build(resolution: int, tokens: str = tokens, layers: tuple[int, ...] | None = None,
+              pos_embed_interp: str = "timm") -> nn.Module:
         import timm
 
         # weight_init="skip": layers keep PyTorch's default init (5x faster than timm's trunc-normal pass over 86M
@@ -76,12 +69,15 @@ def vit_cfg(name: str, timm_arch: str, registers: bool, patch: int, depth: int, 
             for token in (vit.cls_token, vit.reg_token):
                 if token is not None:
                     nn.init.normal_(token, std=1e-6)
-        return ViTTokens(vit, tokens)
+        return ViTReadout(vit, tokens, layers)
 
-    def shape(resolution: int, tokens: str = "cls", **_: Any) -> tuple[int, ...]:
-        return (768 * (5 if tokens == "cls+registers" else 1),)
+    def shape(resolution: int, tokens: str = tokens, layers: tuple[int, ...] | None = None, **_: Any
+              ) -> tuple[int, ...]:
+        return readout_shape(tokens, layers, 768, n_reg, (resolution // patch,) * 2)
 
     return BackboneCfg(name=name, build_model=build, output_shape=shape, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                        normalisation="imagenet", resolution_multiple=patch, min_resolution=patch,
-                       default_resolution=224, **fields)
-
+                       default_resolution=224,
+                       options={"tokens": choices, "layers": (None,), **(options or {})},
+                       option_doc={"tokens": TOKENS_DOC, "layers": LAYERS_DOC, **(option_doc or {})},
+                       option_parsers={"layers": lambda v: parse_layers(v, depth)}, **fields)

@@ -47,10 +47,14 @@ def backbones(filter: str, resolution: tuple[int, ...], verbose: bool) -> None:
         click.echo(f"  input    {cfg.normalisation}, side {cfg.side_rule}")
         click.echo(f"  licence  {cfg.weights.licence} ({cfg.weights.size})")
         click.echo(f"  weights  {status}")
+        if "tokens" in cfg.options:  # a ViT: its readouts, and what fine-tuning can train
+            click.echo(f"  readout  tokens={'|'.join(cfg.options['tokens'])}; layers=last|-1,-2,... (several blocks)")
+        click.echo(f"  finetune none|lastN|all{'|lora:R' if 'tokens' in cfg.options else ''} (pvrw train --finetune)")
         if verbose:
             click.echo(f"  arch     {cfg.architecture}")
             for option, values in cfg.options.items():
-                click.echo(f"  option   {option}={'|'.join(map(str, values))}: {cfg.option_doc.get(option, '')}")
+                shown = "INDICES" if option in cfg.option_parsers else "|".join(map(str, values))
+                click.echo(f"  option   {option}={shown}: {cfg.option_doc.get(option, '')}")
             if problem and cfg.requires_weights:
                 click.echo("  " + problem.replace("\n", "\n  "))
     click.echo(

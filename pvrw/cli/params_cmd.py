@@ -29,22 +29,33 @@ def variant_rows(
     storage_dtype: str | None = None,
     feature_dim: int = 50,
     hidden_dim: int = 1024,
+    tokens: str | None = None,
+    layers: str | None = None,
+    finetune: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (study variant, resolution): observation shape, trainable parameters, replay memory.
 
     Parameter counts come from :func:`pvrw.drm.trainable_parameter_counts` (networks built on the meta device),
     per-frame feature shapes from the backbone registry, memory from :func:`pvrw.drm.replay_memory.replay_memory_report`.
+
+    :param tokens: ViT readout of the ViT rows (``mean``, ``patches``...; see :mod:`pvrw.backbones.readouts`).
+    :param layers: ViT blocks read (``"-1,-2,-3,-4"``).
+    :param finetune: count the PVR rows as fine-tuned inside DrM (:mod:`pvrw.drm.finetune`): pixels in the replay,
+        the encoder column = head + trainable backbone parameters, plus ``backbone_trainable`` / ``backbone_frozen``;
+        a backbone the mode does not fit (LoRA on the ResNet) is left out.
     """
     import numpy as np
     from gymnasium import spaces
 
     from pvrw.drm import VARIANT_DEFAULTS, trainable_parameter_counts
+    from pvrw.drm.finetune import finetune_parameter_counts
     from pvrw.drm.replay_memory import replay_memory_report, storage_needs
     from pvrw.pvr_wrappers import get_backbone_cfg
 
     action_space = spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
     n_steps = VARIANT_DEFAULTS[variant]["n_steps"]
-    rows = []
+    rows, refused = [], []
+    options: dict[str, Any] = {}
     for label, pvr in STUDY_VARIANTS:
         for resolution in resolutions:
             if pvr is None:
@@ -52,13 +63,32 @@ def variant_rows(
                 space = spaces.Box(0, 255, (3 * frame_stack, resolution, resolution), np.uint8)
             else:
                 cfg = get_backbone_cfg(pvr)
-                shape = tuple(cfg.output_shape(resolution, **cfg.resolve_options()))  # default tokens etc.
-                policy = "PiegPolicy" if len(shape) == 3 else "MlpPolicy"
+                options = {"tokens": tokens, "layers": layers} if "tokens" in cfg.options else {}
+                try:
+                    options = cfg.resolve_options(**options)
+                except ValueError as err:  # a readout this backbone has not (cls+registers without registers)
+                    refused.append(str(err))
+                    continue
+                shape = tuple(cfg.output_shape(resolution, **options))
+                policy = "MlpPolicy" if len(shape) == 1 else (
+                    "PatchPolicy" if options.get("tokens") == "patches" else "PiegPolicy")
                 dtype = np.dtype(storage_dtype) if storage_dtype else None
                 space = spaces.Box(-np.inf, np.inf, (frame_stack, *shape), np.float32)
+            backbone_counts = {}
+            if finetune and pvr is not None:
+                try:
+                    backbone_counts = finetune_parameter_counts(pvr, resolution, finetune, **options)
+                except ValueError as err:  # e.g. LoRA on the ResNet trunk: not a variant
+                    refused.append(str(err))
+                    continue
             counts = trainable_parameter_counts(
                 space, action_dim, policy=policy, variant=variant, feature_dim=feature_dim, hidden_dim=hidden_dim
             )
+            if backbone_counts:  # the head above; pixels go into the replay
+                counts["encoder"] += backbone_counts["backbone_trainable"]
+                counts["total"] += backbone_counts["backbone_trainable"]
+                policy, dtype = "FinetunePolicy", None
+                space = spaces.Box(0, 255, (3 * frame_stack, resolution, resolution), np.uint8)
             memory = replay_memory_report(
                 space, action_space, n_steps, buffer_size, storage_dtype=dtype, label=f"{label} @{resolution}"
             )
@@ -80,8 +110,14 @@ def variant_rows(
                         storage: {where: size / 1e9 for where, size in needs.items()}
                         for storage, needs in storage_needs(memory).items()
                     },
+                    "backbone_options": {k: v for k, v in options.items()} if pvr else {},
+                    "finetune": finetune if backbone_counts else None,
+                    **backbone_counts,
                 }
             )
+    asked = tokens or layers or finetune
+    if asked and not any(r["pvr"] != "none" and (finetune or "tokens" in r["backbone_options"]) for r in rows):
+        raise ValueError(f"no study backbone takes these options: {refused[-1] if refused else asked}")
     return rows
 
 
@@ -110,6 +146,11 @@ def _env_action_dim(env_id: str) -> int:
 @click.option("--buffer-size", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Replay capacity (transitions) the memory column is given for.")  # fmt: skip
 @click.option("--float16", "float16", is_flag=True, help="Store PVR embeddings as float16 in the replay buffer.")
+@click.option("--tokens", default=None, help="ViT readout of the ViT rows: cls, cls+registers, mean, cls+mean, "
+              "patches (PatchPolicy head). [default: each backbone's]")  # fmt: skip
+@click.option("--layers", default=None, help="ViT blocks read, e.g. -1,-2,-3,-4. [default: the last]")
+@click.option("--finetune", default=None, help="Count the PVR rows fine-tuned inside DrM: none, lastN, all, lora:R "
+              "(pixels in the replay; backbone trainable/frozen columns). [default: frozen features]")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @user_errors
 def params(
@@ -122,6 +163,9 @@ def params(
     hidden_dim: int,
     buffer_size: int,
     float16: bool,
+    tokens: str | None,
+    layers: str | None,
+    finetune: str | None,
     as_json: bool,
 ) -> None:
     """Trainable parameters of every study variant (DrM on pixels, PIE-G ResNet18, DINOv2, DINOv2 with registers,
@@ -140,16 +184,18 @@ def params(
         ) from None
     if action_dim is None:
         action_dim = _env_action_dim(env) if env else 4
-    rows = variant_rows(
-        res_list, frame_stack, action_dim, variant, buffer_size, "float16" if float16 else None, feature_dim, hidden_dim
-    )
+    try:
+        rows = variant_rows(res_list, frame_stack, action_dim, variant, buffer_size, "float16" if float16 else None,
+                            feature_dim, hidden_dim, tokens, layers, finetune)
+    except ValueError as err:
+        raise click.BadParameter(f"{str(err).rstrip('.')}; see `pvrw backbones -v` for each one's options") from None
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     header = (
         f"{'variant':<16}{'res':>5}  {'observation':<16}{'encoder':>12}{'actor':>12}{'critic':>12}{'value':>12}"
-        f"{'total':>13}{'replay GB':>11}{'SB3 GB':>9}"
-    )
+        f"{'total':>13}{'replay GB':>11}{'SB3 GB':>9}{'B/transition':>14}"
+    ) + (f"{'bb trainable':>14}{'bb frozen':>13}" if finetune else "")
     click.echo(
         f"DrM ({variant}) trainable parameters, {action_dim}-d actions, frame stack {frame_stack}; "
         f"replay memory for {buffer_size:,} transitions"
@@ -162,6 +208,8 @@ def params(
         click.echo(
             f"{r['variant']:<16}{r['resolution']:>5}  {shape:<16}{p['encoder']:>12,}{p['actor']:>12,}{p['critic']:>12,}"
             f"{p['value_net']:>12,}{p['total']:>13,}{r['replay_gb']:>11.2f}{r['sb3_replay_gb']:>9.2f}"
+            f"{r['replay_bytes_per_transition']:>14,.0f}"
+            + (f"{r.get('backbone_trainable', 0):>14,}{r.get('backbone_frozen', 0):>13,}" if finetune else "")
         )
     click.echo(
         f"(replay: DrMReplayBuffer, {rows[0]['replay_storage_dtype'] if rows else ''} pixels / "

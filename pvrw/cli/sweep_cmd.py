@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from pvrw.cli._backbone_options import backbone_options, sweep_axes
 from pvrw.cli._common import ALGO_CHOICE, REPLAY_STORAGE_HELP, config_layers, config_options, user_errors
 from pvrw.runs.config import REPLAY_STORAGES
 
@@ -35,6 +36,10 @@ def _ints(name: str, value: str) -> list[int]:
 @click.option("--weights", default=None, help="Backbone weights for every PVR run ('random': smoke tests only).")
 @click.option("--device", default=None, help="Torch device of every run. [default: auto]")
 @click.option("--replay-storage", type=click.Choice(REPLAY_STORAGES), default=None, help=REPLAY_STORAGE_HELP)
+@backbone_options(sweep=True)
+@click.option("--axis", "axis_items", multiple=True,
+              help="Another grid axis: KEY=V1;V2;... over any config key (e.g. --axis batch_size=128;256). "
+              "Values are read as YAML.")  # fmt: skip
 @config_options("Applies to every run; the grid keys (task, pvr, resolution, seed) are set per run.")
 @click.option("--root", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
               help="Directory of the sweep: ROOT/<task>/<algo>_<pvr>_<res>/seed_<n>, and ROOT/sweep.json.")  # fmt: skip
@@ -71,6 +76,7 @@ def sweep(
     gpus_per_run: float,
     cpus_per_run: float,
     max_failures: int,
+    axis_items: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Run a grid of tasks x observation variants x resolutions x seeds: a queue here, or Ray Tune trials.
@@ -89,6 +95,7 @@ def sweep(
       pvrw sweep --dry-run                                   # the study's 100 runs and their status
       pvrw sweep --tasks push-v3 --pvr none,resnet18 --resolution 112 --seeds 3 --frames 100000
       pvrw sweep --preset smoke --pvr none --seeds 2 --root runs/smoke_sweep   # CPU minutes per run
+      pvrw sweep --pvr dinov2 --tokens cls,mean --finetune none,last2     # readouts x fine-tuning axes
       pvrw sweep --backend ray --address auto --gpus-per-run 0.5             # on a Ray cluster
     """
     from pvrw.runs.layout import RunDir, RunStatus
@@ -99,10 +106,17 @@ def sweep(
     seed_list = list(range(seed_values[0])) if len(seed_values) == 1 and "," not in seeds else seed_values
     if not seed_list:
         raise click.BadParameter("no seeds", param_hint="--seeds")
+    axes = sweep_axes(options)
+    for item in axis_items:
+        from pvrw.runs.config import parse_override
+
+        key, _ = parse_override(item)
+        axes[key] = [parse_override(f"{key}={v}")[1] for v in item.split("=", 1)[1].split(";") if v.strip()]
     layers, _ = config_layers(config_file, options, set_items)
     grid_options = {"env": "--tasks", "pvr": "--pvr", "resolution": "--resolution", "seed": "--seeds"}
-    for key in grid_options.keys() & layers[-1].keys():  # --set would be silently replaced by the grid's value
-        raise click.UsageError(f"--set {key}: a grid key, set per run; give it as {grid_options[key]}")
+    # --set would be silently replaced by the grid's value
+    for key in (grid_options.keys() | axes.keys()) & layers[-1].keys():
+        raise click.UsageError(f"--set {key}: a grid key, set per run; give it as {grid_options.get(key, '--axis')}")
     base: dict[str, Any] = {}
     for layer in layers:
         base.update(layer)
@@ -115,6 +129,7 @@ def sweep(
         algo=algo,
         base=base,
         preset=preset,
+        axes=axes,
     )
     if not runs:
         raise click.UsageError("the grid is empty: give at least one task, pvr, resolution and seed")

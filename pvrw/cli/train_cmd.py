@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from pvrw.cli._backbone_options import backbone_options, to_config_keys
 from pvrw.cli._common import (
     ALGO_CHOICE,
     REPLAY_STORAGE_HELP,
@@ -57,8 +58,10 @@ _D = RunConfig()  # the study's defaults, quoted in the help
 @click.option("--device", default=None, help=f"Torch device: auto, cpu, cuda, cuda:1... [default: {_D.device}]")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads, 0 for torch's default; 1 is much faster "
               "on a CPU shared with other jobs. [default: 0]")  # fmt: skip
-@click.option("--policy", default=None, help="Policy class name. [default: CnnPolicy on pixels, PiegPolicy on resnet18 "
-              "maps (DrM), MlpPolicy on features]")  # fmt: skip
+@click.option("--policy", default=None, help="Policy class name. [default: CnnPolicy on pixels, PiegPolicy on "
+              "resnet18 maps (DrM), PatchPolicy on ViT patch maps, FinetunePolicy with --finetune, MlpPolicy on "
+              "features]")  # fmt: skip
+@backbone_options()
 @click.option(
     "--eval-every",
     type=int,
@@ -131,12 +134,14 @@ def train(
     \b
     Examples:
       pvrw train --env metaworld/push-v3 --pvr dinov2 --resolution 224 --seed 1
+      pvrw train --pvr dinov2 --tokens mean --layers -1,-2,-3,-4
+      pvrw train --pvr dinov2 --finetune lora:8 --backbone-lr 1e-5   # fine-tuned inside DrM, pixels in the replay
       pvrw train --preset smoke --out runs/smoke          # a few CPU minutes, end to end
       pvrw train --resume runs/smoke --frames 6000        # continue (or extend) a run
     """
     from pvrw.runs.envs import check_run_setup
 
-    layers, names = config_layers(config_file, options, set_items)
+    layers, names = config_layers(config_file, to_config_keys(options), set_items)
     if resume:
         run_dir = Path(resume)
         if out is not None and Path(out) != run_dir:

@@ -149,8 +149,10 @@ def perturb(network: nn.Module, optimizer: th.optim.Optimizer | None, factor: fl
     :param optimizer: its optimizer, whose state is reset (None: nothing to reset)
     :param factor: alpha, see :func:`perturb_factor`
     """
+    # a sub-module marked ``pvrw_no_perturb`` (a fine-tuned pretrained backbone) keeps its weights
+    kept = {id(m) for top in network.modules() if getattr(top, "pvrw_no_perturb", False) for m in top.modules()}
     for module in _post_order(network):
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and id(module) not in kept:
             fresh = th.empty_like(module.weight, memory_format=th.contiguous_format)
             nn.init.orthogonal_(fresh, 1.0 if isinstance(module, nn.Linear) else nn.init.calculate_gain("relu"))
             if isinstance(module, nn.Linear):

@@ -28,6 +28,8 @@ from pvrw.drm.networks import Actor, Critic, ValueNetwork
 from pvrw.drm.options import PRECISIONS, STDDEV_TYPES, VARIANT_DEFAULTS, bf16_supported, check_options  # noqa: F401
 from pvrw.drm.persistence import DrMPersistence
 from pvrw.drm.policies import CnnPolicy, DrMPolicy, MlpPolicy, MultiInputPolicy, PiegPolicy
+from pvrw.drm.finetune import FinetunePolicy
+from pvrw.drm.pvr_heads import AttentionPoolPolicy, PatchPolicy
 from pvrw.drm.policy_kwargs import check_policy_kwargs, refuse_algorithm_kwargs
 from pvrw.drm.remedy_options import DormantRemedies
 from pvrw.drm.schedules import ScheduleSpec, parse_step_schedule
@@ -127,6 +129,9 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, DrMPersis
         "CnnPolicy": CnnPolicy,
         "PiegPolicy": PiegPolicy,
         "MultiInputPolicy": MultiInputPolicy,
+        "PatchPolicy": PatchPolicy,
+        "AttentionPoolPolicy": AttentionPoolPolicy,
+        "FinetunePolicy": FinetunePolicy,
     }
     policy: DrMPolicy
     actor: Actor

@@ -12,11 +12,14 @@ from torch import nn
 
 from pvrw.drm.networks import DrQEncoder, PiegExtractor
 from pvrw.drm.policies import DrMPolicy, make_drm_networks
+from pvrw.drm.pvr_heads import AttentionPoolExtractor, PatchConvExtractor
 
 ENCODERS: dict[str, type[BaseFeaturesExtractor]] = {
     "CnnPolicy": DrQEncoder,
     "MlpPolicy": FlattenExtractor,
     "PiegPolicy": PiegExtractor,
+    "PatchPolicy": PatchConvExtractor,
+    "AttentionPoolPolicy": AttentionPoolExtractor,
 }
 
 

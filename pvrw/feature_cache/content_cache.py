@@ -112,7 +112,8 @@ class CachedBackbone:
     :param path: the HDF5 feature file; created if missing. Another process writing it makes this one read-only
         (lookups still work, new features are not written back; a warning says so).
     :param dtype: storage dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"``.
-    :param set_name: the set inside the file (default: the backbone name). A set written by a different backbone
+    :param set_name: the set inside the file (default: the backbone's ``feature_set_name``: its name, plus its
+        non-default options such as ``tokens=mean``). A set written by a different backbone
         configuration is refused with :class:`~pvrw.feature_cache.FeatureSetMismatchError`.
     :param flush_every: new rows are buffered in memory and appended (flushed, committed) in batches of this size, and
         on :meth:`flush` / :meth:`close` / interpreter exit.
@@ -134,7 +135,7 @@ class CachedBackbone:
         self.flush_every = int(flush_every)
         self.stats = CacheStats()
         self.writable = write
-        self._set_name = set_name or self.spec.backbone
+        self._set_name = set_name or getattr(backbone, "feature_set_name", self.spec.backbone)
         self._store = self._open_store()
         self._closed = False
         try:

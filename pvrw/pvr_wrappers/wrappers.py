@@ -123,7 +123,8 @@ class PVRObservation(_PVRWrapperMixin, gym.ObservationWrapper):
     :param dtype: backbone compute dtype (``torch.float32``, ``torch.bfloat16``, ``"float16"``...).
     :param cache: a feature-cache path: the backbone is wrapped in ``pvrw.feature_cache.CachedBackbone``.
     :param source: ``"observation"`` (default) or ``"render"``.
-    :param tokens: ``"cls"`` or ``"cls+registers"`` for ``dinov2_reg``.
+    :param tokens: a ViT readout: ``"cls"``, ``"cls+registers"`` (``dinov2_reg``), ``"mean"``, ``"cls+mean"`` or
+        ``"patches"`` (see :mod:`pvrw.backbones.readouts`; ``layers=`` goes through ``backbone_options``).
     :param augment: random shift before the backbone (off by default: it hurt PVRs in the study, and with it on
         nothing is reused or cached).
     :param augment_pad: shift padding in pixels (DrQ: 4).

@@ -82,7 +82,7 @@ def make_run_env(
     :param backbone: a backbone already built by :func:`make_backbone`, shared by the train and eval envs.
     """
     seed = config.seed + (EVAL_SEED_OFFSET if evaluation else 0)
-    uses_pvr = config.pvr != "none"
+    uses_pvr = config.pvr != "none" and not finetunes(config)  # a fine-tuned backbone runs inside the policy
     if config.is_metaworld:
         env = _metaworld_env(config, seed, evaluation)
     else:
@@ -93,6 +93,8 @@ def make_run_env(
         from pvrw.pvr_wrappers import PVRObservation
 
         pvr_kwargs = dict(config.pvr_kwargs)
+        if backbone is not None:  # built with its options (tokens, layers...) by make_backbone
+            pvr_kwargs = {k: v for k, v in pvr_kwargs.items() if k not in backbone_options(config)}
         if not _is_pixel_space(env.observation_space):
             pvr_kwargs.setdefault("source", "render")  # a state env: embed its rendered frames
         env = PVRObservation(
@@ -107,19 +109,49 @@ def make_run_env(
 
 def make_backbone(config: RunConfig) -> Any:
     """The frozen backbone of a PVR run (built once, shared by its envs), or ``None`` for pixels."""
-    if config.pvr == "none":
+    if config.pvr == "none" or finetunes(config):
         return None
     from pvrw.backbones import WeightsFormatError, create_backbone
 
     _check_backbone(config)
     try:
         return create_backbone(
-            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device)
+            config.pvr, weights=config.weights, resolution=config.resolution, device=resolve_device(config.device),
+            **backbone_options(config),
         )
     except WeightsFormatError:  # a damaged or wrong weight file: its own message names the file and the fix
         raise
     except ValueError as err:  # e.g. a resolution the backbone cannot take
         raise ConfigError(f"pvr {config.pvr!r} at resolution {config.resolution}: {err}") from None
+
+
+#: ``pvr_kwargs`` keys of a run that fine-tunes its backbone inside DrM (:mod:`pvrw.drm.finetune`)
+FINETUNE_KEYS = ("finetune", "bn", "backbone_lr")
+
+
+def finetunes(config: RunConfig) -> bool:
+    """Whether the run trains its backbone inside the policy (``pvr_kwargs.finetune`` set): pixels in the replay,
+    ``FinetunePolicy``."""
+    return config.pvr != "none" and config.pvr_kwargs.get("finetune") is not None
+
+
+def finetune_policy_kwargs(config: RunConfig) -> dict[str, Any]:
+    """The ``policy_kwargs`` of a fine-tuning run: the backbone, its options and mode, its learning rate."""
+    kwargs = {k: config.pvr_kwargs[k] for k in ("finetune", "bn") if config.pvr_kwargs.get(k) is not None}
+    extractor = dict(backbone=config.pvr, weights=config.weights, resolution=config.resolution,
+                     backbone_options=backbone_options(config), **kwargs)
+    out: dict[str, Any] = {"features_extractor_kwargs": extractor}
+    if config.pvr_kwargs.get("backbone_lr") is not None:
+        out["backbone_lr"] = float(config.pvr_kwargs["backbone_lr"])
+    return out
+
+
+def backbone_options(config: RunConfig) -> dict[str, Any]:
+    """The ``pvr_kwargs`` that are options of the run's backbone entry (``tokens``, ``layers``, ``bn_mode``...)."""
+    from pvrw.backbones import get_backbone_cfg
+
+    options = get_backbone_cfg(config.pvr).options
+    return {k: v for k, v in config.pvr_kwargs.items() if k in options}
 
 
 def _unknown_env(env_id: str, err: Exception) -> ConfigError:
@@ -144,6 +176,21 @@ def _check_backbone(config: RunConfig) -> None:
         get_backbone_cfg(config.pvr).check_resolution(config.resolution)
     except ValueError as err:
         raise ConfigError(f"resolution: {err}") from None
+    try:
+        get_backbone_cfg(config.pvr).resolve_options(**backbone_options(config))
+    except ValueError as err:
+        raise ConfigError(f"pvr_kwargs: {err}") from None
+    if finetunes(config):
+        from pvrw.drm.finetune import BN_MODES, parse_finetune
+
+        if config.algo != "drm":
+            raise ConfigError(f"pvr_kwargs.finetune: fine-tuning runs inside DrM's policy; algo is {config.algo!r}")
+        try:
+            parse_finetune(config.pvr_kwargs["finetune"])
+        except ValueError as err:
+            raise ConfigError(f"pvr_kwargs.{err}") from None
+        if config.pvr_kwargs.get("bn", "frozen") not in BN_MODES:
+            raise ConfigError(f"pvr_kwargs.bn: {config.pvr_kwargs['bn']!r} is not one of {BN_MODES}")
 
 
 def check_run_setup(config: RunConfig) -> RunConfig:
@@ -200,14 +247,17 @@ def _is_pixel_space(space: gym.Space) -> bool:
 def default_policy(config: RunConfig, observation_space: gym.Space) -> str:
     """The policy a run uses unless ``config.policy`` names one.
 
-    DrM: ``CnnPolicy`` on pixels, ``PiegPolicy`` on spatial features (ResNet18 PIE-G maps), ``MlpPolicy`` on flat
+    DrM: ``CnnPolicy`` on pixels, ``PiegPolicy`` on spatial features (ResNet18 PIE-G maps), ``PatchPolicy`` on ViT
+    patch maps (``pvr_kwargs.tokens: patches``), ``MlpPolicy`` on flat
     features (CLS tokens). SAC/TD3: ``CnnPolicy`` on pixels, ``MlpPolicy`` on anything else (features flattened).
     """
     if config.policy:
         return config.policy
+    if finetunes(config):
+        return "FinetunePolicy"
     if _is_pixel_space(observation_space):
         return "CnnPolicy"
     spatial = isinstance(observation_space, gym.spaces.Box) and len(observation_space.shape) >= 4
-    if config.algo == "drm" and spatial:
-        return "PiegPolicy"
+    if config.algo == "drm" and spatial:  # ViT patch maps get the compressing head, ResNet maps PIE-G's
+        return "PatchPolicy" if config.pvr_kwargs.get("tokens") == "patches" else "PiegPolicy"
     return "MlpPolicy"

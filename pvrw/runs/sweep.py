@@ -46,10 +46,35 @@ def task_env_id(task: str) -> str:
     return METAWORLD_PREFIX + task
 
 
-def run_dir_name(config: RunConfig) -> Path:
-    """The grid cell's directory, relative to the sweep root."""
+#: ``pvr_kwargs`` keys that name a different variant of a PVR run (readout, fine-tuning), in directory names
+VARIANT_PVR_KEYS = ("tokens", "layers", "finetune", "bn", "backbone_lr")
+
+
+def _dir_part(value: Any) -> str:
+    text = ".".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return re.sub(r"[^A-Za-z0-9+.=-]", "", text.replace(",", ".").replace(":", ""))
+
+
+def run_dir_name(config: RunConfig, axes: Iterable[str] = ()) -> Path:
+    """The grid cell's directory, relative to the sweep root: ``<task>/<algo>_<pvr>_<res>[_key-value...]/seed_<n>``.
+
+    The suffix names the readout / fine-tuning ``pvr_kwargs`` a run sets (``_tokens-mean_finetune-last2``) and the
+    value of each extra grid axis (a dotted config key, named by its last part).
+    """
     task = config.env.removeprefix(METAWORLD_PREFIX).replace("/", "_")
-    return Path(task) / f"{config.algo_name}_{config.pvr}_{config.resolution}" / f"seed_{config.seed}"
+    parts = [f"{k}-{_dir_part(config.pvr_kwargs[k])}" for k in VARIANT_PVR_KEYS if k in config.pvr_kwargs]
+    data = config.to_dict()
+    for axis in axes:
+        head, _, tail = axis.partition(".")
+        if head == "pvr_kwargs" and tail in VARIANT_PVR_KEYS:
+            continue
+        mapping = data if head in data else data["algo_kwargs"]  # bare algorithm arguments live in algo_kwargs
+        value = mapping.get(head)
+        if tail:
+            value = (value or {}).get(tail)
+        parts.append(f"{axis.rpartition('.')[2]}-{_dir_part(value)}")
+    suffix = "".join(f"_{p}" for p in parts)
+    return Path(task) / f"{config.algo_name}_{config.pvr}_{config.resolution}{suffix}" / f"seed_{config.seed}"
 
 
 def expand_grid(
@@ -61,21 +86,28 @@ def expand_grid(
     algo: str | None = None,
     base: dict[str, Any] | None = None,
     preset: str | None = None,
+    axes: dict[str, list[Any]] | None = None,
 ) -> list[SweepRun]:
-    """Every (task, pvr, resolution, seed) run of the grid, each with its resolved config.
+    """Every (task, pvr, resolution, seed, *axes) run of the grid, each with its resolved config.
 
     :param algo: the algorithm of every run; ``None``: ``base``'s, else DrM.
     :param base: overrides applied to every run (frames, hyper-parameters, ...), as in a ``--config`` file.
+    :param axes: more grid axes: config key (``pvr_kwargs.tokens``, ``batch_size``...) -> its values. Backbone
+        options apply to PVR runs only: the pixel runs (``pvr: none``) of the grid are not multiplied by them.
     """
-    tasks, pvrs = list(tasks), list(pvrs)
+    tasks, pvrs, axes = list(tasks), list(pvrs), dict(axes or {})
     check_grid_names(tasks, pvrs)
-    runs = []
-    for task, pvr, resolution, seed in itertools.product(tasks, pvrs, resolutions, seeds):
+    runs, seen = [], set()
+    for task, pvr, resolution, seed, *values in itertools.product(tasks, pvrs, resolutions, seeds, *axes.values()):
         cell = {"env": task_env_id(task), "pvr": pvr, "resolution": int(resolution), "seed": int(seed)}
         if algo is not None:
             cell["algo"] = algo
-        config = build_config(base or {}, cell, preset=preset)
-        runs.append(SweepRun(Path(root) / run_dir_name(config), config))
+        extra = {k: v for k, v in zip(axes, values) if not (pvr == "none" and k.startswith("pvr_kwargs."))}
+        config = build_config(base or {}, cell, extra, preset=preset)
+        run_dir = Path(root) / run_dir_name(config, [k for k in axes if k in extra])
+        if run_dir not in seen:
+            seen.add(run_dir)
+            runs.append(SweepRun(run_dir, config))
     return runs
 
 

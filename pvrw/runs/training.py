@@ -91,7 +91,7 @@ def algo_constructor_kwargs(config: RunConfig) -> dict[str, Any]:
 def build_model(config: RunConfig, env: Any, run_dir: RunDir | None = None) -> Any:
     """A new algorithm instance for ``config`` on ``env``; with ``run_dir``, its replay buffer is stored as
     ``config.replay_storage`` says (:func:`pvrw.runs.replay.add_replay_storage`)."""
-    from pvrw.runs.envs import default_policy, resolve_device
+    from pvrw.runs.envs import default_policy, finetune_policy_kwargs, finetunes, resolve_device
     from pvrw.runs.replay import add_replay_storage
 
     algo_class = load_algo_class(config.algo)
@@ -99,6 +99,11 @@ def build_model(config: RunConfig, env: Any, run_dir: RunDir | None = None) -> A
     kwargs = algo_constructor_kwargs(config)
     if run_dir is not None:
         add_replay_storage(kwargs, config, env.observation_space, run_dir)
+    if finetunes(config):  # the backbone is built inside the policy; the user's policy_kwargs win
+        extra = finetune_policy_kwargs(config)
+        given = dict(kwargs.get("policy_kwargs") or {})
+        extra["features_extractor_kwargs"].update(given.pop("features_extractor_kwargs", None) or {})
+        kwargs["policy_kwargs"] = {**extra, **given}
     device = resolve_device(config.device)
     try:
         return algo_class(policy, env, seed=config.seed, device=device, verbose=0, **kwargs)
