@@ -81,8 +81,6 @@ def profile(label: str, fn: Callable[[], None], rows: int) -> None:
 
 def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any]]:
     settings = {p: dict(precision=p) if p != "fp32" else {} for p in args.precision}
-    if args.compile:
-        settings["fp32+compile"] = dict(compile=True)
     models = {label: pvrw_model(name, args.fill, args.device, **kw) for label, kw in settings.items()}
     first = next(iter(models.values()))
     obs_shape = first.observation_space.shape
@@ -133,7 +131,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median is reported)")
     parser.add_argument("--updates", type=int, default=2, help="updates per side and round")
     parser.add_argument("--precision", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--compile", action="store_true", help="also time DrM(compile=True)")
     parser.add_argument("--threads", type=int, default=th.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--fill", type=int, default=300, help="random transitions stored before timing")
