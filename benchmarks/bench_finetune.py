@@ -16,9 +16,8 @@ import argparse
 import time
 import warnings
 
-import gymnasium as gym
-import numpy as np
 import torch as th
+from bench_drm_updates import RandomFrames
 from gymnasium.wrappers import FrameStackObservation
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
@@ -26,30 +25,6 @@ from pvrw.backbones import RandomWeightsWarning, create_backbone
 from pvrw.drm import DrM, trainable_parameter_counts
 
 warnings.simplefilter("ignore", RandomWeightsWarning)
-
-
-class RandomFrames(gym.Env):
-    """Random uint8 HWC frames or float features; episodes of 50 steps."""
-
-    def __init__(self, shape: tuple[int, ...], pixels: bool):
-        self.pixels = pixels
-        low, high, dtype = (0, 255, np.uint8) if pixels else (-np.inf, np.inf, np.float32)
-        self.observation_space = gym.spaces.Box(low, high, shape, dtype)
-        self.action_space = gym.spaces.Box(-1, 1, (4,), np.float32)
-
-    def _frame(self) -> np.ndarray:
-        if self.pixels:
-            return self.np_random.integers(0, 256, self.observation_space.shape, dtype=np.uint8)
-        return self.np_random.standard_normal(self.observation_space.shape).astype(np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._frame(), {}
-
-    def step(self, action):
-        self.t += 1
-        return self._frame(), 0.0, False, self.t >= 50, {}
 
 
 def bench(mode: str, args: argparse.Namespace) -> dict:
