@@ -13,6 +13,12 @@ flattening stand-in encoder and no augmentation). The number that counts is the 
 DIR (default: ``$PVRW_DRM_REFERENCE``) holds the original ``drm.py`` (or ``agents/drm.py``) and ``utils.py``: ``git
 clone https://github.com/XuGW-Kevin/DrM`` (pvrw commits no reference code). ``--profile`` prints the top of a
 ``torch.profiler`` table (self CPU time) of each side first.
+
+``--malloc`` (CPU): ``as-shipped`` (default) times each side as it runs in a process of its own: the reference with
+glibc's malloc settings (restored before each of its rounds), pvrw with the settings its ``DrM.train`` applies
+(``reuse_cpu_memory=True``, :mod:`pvrw._malloc`); ``kept`` gives the reference pvrw's settings too, and ``default``
+takes them from pvrw (``reuse_cpu_memory=False``), so the two show what comes from the allocator and what from the
+update itself.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch as th
 from bench_drm_updates import make_env
 from _drm_reference import load_reference, make_agent
 
+from pvrw._malloc import keep_freed_memory, restore_default_malloc
 from pvrw.drm import DrM
 
 BATCH = 256
@@ -81,6 +88,8 @@ def profile(label: str, fn: Callable[[], None], rows: int) -> None:
 
 def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any]]:
     settings = {p: dict(precision=p) if p != "fp32" else {} for p in args.precision}
+    if args.malloc == "default":
+        settings = {label: dict(kw, reuse_cpu_memory=False) for label, kw in settings.items()}
     models = {label: pvrw_model(name, args.fill, args.device, **kw) for label, kw in settings.items()}
     first = next(iter(models.values()))
     obs_shape = first.observation_space.shape
@@ -90,20 +99,33 @@ def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any
     step = iter(range(2001, 10**9))
 
     def run_reference(n: int) -> Callable[[], None]:
-        return lambda: [agent.update(batches, next(step)) for _ in range(n)] and None
+        def updates() -> None:
+            for _ in range(n):
+                agent.update(batches, next(step))
+
+        return updates
+
+    def before_reference() -> None:
+        if args.malloc == "kept":
+            keep_freed_memory()
+        else:
+            restore_default_malloc()
 
     def run_pvrw(model: DrM, n: int) -> Callable[[], None]:
         return lambda: model.train(gradient_steps=n, batch_size=BATCH)
 
+    before_reference()
     run_reference(1)()  # warm-up
     for model in models.values():
         run_pvrw(model, 1)()
     if args.profile:
+        before_reference()
         profile(f"reference {name}", run_reference(args.updates), args.profile_rows)
         for label, model in models.items():
             profile(f"pvrw {label} {name}", run_pvrw(model, args.updates), args.profile_rows)
     times: dict[str, list[float]] = {"reference": [], **{label: [] for label in models}}
     for _ in range(args.rounds):
+        before_reference()
         times["reference"].append(timed(run_reference(args.updates), args.device) / args.updates)
         for label, model in models.items():
             times[label].append(timed(run_pvrw(model, args.updates), args.device) / args.updates)
@@ -134,6 +156,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=th.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--fill", type=int, default=300, help="random transitions stored before timing")
+    parser.add_argument(
+        "--malloc",
+        default="as-shipped",
+        choices=["as-shipped", "kept", "default"],
+        help="glibc malloc settings of each side (see above)",
+    )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per side first")
     parser.add_argument("--profile-rows", type=int, default=15)
     args = parser.parse_args()
@@ -142,7 +170,7 @@ def main() -> None:
     ref_module = load_reference(args.reference)
     print(
         f"DrM updates/s at batch {BATCH}, original vs pvrw, {args.rounds} alternating rounds x {args.updates} updates, "
-        f"device {args.device}, {args.threads} torch threads"
+        f"device {args.device}, {args.threads} torch threads, malloc {args.malloc}"
     )
     rows = [row for name in args.inputs for row in bench(name, args, ref_module)]
     print("| input | observation | side | updates / s | vs reference (median) | min - max over rounds |")

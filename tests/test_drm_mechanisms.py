@@ -10,7 +10,7 @@ from torch import nn
 
 from pvrw.drm import DrM, LinearStepSchedule, parse_step_schedule
 from pvrw.drm.dormant import dormant_lambda, dormant_ratio, dormant_stddev, perturb, perturb_factor
-from pvrw.drm.networks import Actor, RandomShiftsAug, sample_action, weight_init
+from pvrw.drm.networks import SHIFT_METHODS, Actor, RandomShiftsAug, sample_action, weight_init
 from pvrw.drm.schedules import ConstantStepSchedule, TwoPhaseLinearStepSchedule
 
 TINY = dict(hidden_dim=16, feature_dim=6)
@@ -234,12 +234,13 @@ def test_cnn_encoder_only_optimizer_reset():
 # --- random shift augmentation and action sampling ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", SHIFT_METHODS)
 @pytest.mark.parametrize("height, width", [(12, 12), (10, 14)])
-def test_random_shift_is_an_integer_shift_of_the_padded_image(height, width):
+def test_random_shift_is_an_integer_shift_of_the_padded_image(height, width, method):
     th.manual_seed(0)
     pad = 4
     x = th.rand(32, 6, height, width)
-    out = RandomShiftsAug(pad)(x)
+    out = RandomShiftsAug(pad, method)(x)
     assert out.shape == x.shape
     padded = nn.functional.pad(x, (pad,) * 4, mode="replicate")
     shifts = set()
@@ -255,10 +256,27 @@ def test_random_shift_is_an_integer_shift_of_the_padded_image(height, width):
     assert len(shifts) > 5  # shifts are drawn per sample
     # linear in pixel values, so shifting SB3's obs / 255 equals shifting obs then dividing (as DrQ-v2 does)
     th.manual_seed(3)
-    a = RandomShiftsAug(pad)(x * 255.0) / 255.0
+    a = RandomShiftsAug(pad, method)(x * 255.0) / 255.0
     th.manual_seed(3)
-    b = RandomShiftsAug(pad)(x)
+    b = RandomShiftsAug(pad, method)(x)
     assert th.allclose(a, b, atol=1e-5)
+
+
+def test_index_shift_is_exact_on_bytes_and_draws_the_reference_shifts():
+    """The gather moves uint8 pixels unchanged, by the shifts grid_sample (the reference) takes from the same draw, and
+    leaves the random stream where grid_sample leaves it."""
+    images = th.randint(0, 256, (64, 9, 20, 20), dtype=th.uint8)
+    th.manual_seed(5)
+    gathered = RandomShiftsAug(4, "index")(images)
+    index_rng = th.get_rng_state()
+    th.manual_seed(5)
+    sampled = RandomShiftsAug(4, "grid_sample")(images)
+    assert th.equal(th.get_rng_state(), index_rng)
+    assert gathered.dtype == th.uint8
+    assert th.equal(gathered.float(), sampled.round())  # same pixels, where grid_sample is a hair off integers
+    assert (gathered.float() - sampled).abs().max() < 0.01
+    with pytest.raises(ValueError, match="Unknown random-shift method 'bicubic'"):
+        RandomShiftsAug(4, "bicubic")
 
 
 def test_sample_action_clip_and_straight_through_gradient():

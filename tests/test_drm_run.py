@@ -223,3 +223,15 @@ def test_precision_falls_back_to_fp32_without_bf16(monkeypatch):
     assert model.precision == "fp32"
     with pytest.raises(ValueError, match="Unknown precision 'fp16'"):
         DrM("MlpPolicy", feature_env(), precision="fp16", seed=0, **FAST)
+
+
+def test_index_shift_trains_and_is_saved(tmp_path):
+    model = DrM("CnnPolicy", pixel_venv(), policy_kwargs=dict(TINY, aug_method="index"), seed=0,
+                **{k: v for k, v in FAST.items() if k != "policy_kwargs"})  # fmt: skip
+    assert model.policy.aug.method == "index"
+    model.learn(40)
+    assert model._n_updates > 0
+    model.save(tmp_path / "model.zip")
+    assert DrM.load(tmp_path / "model.zip").policy.aug.method == "index"
+    with pytest.raises(ValueError, match="Unknown random-shift method"):
+        DrM("CnnPolicy", pixel_venv(), policy_kwargs=dict(TINY, aug_method="bilinear"), buffer_size=100)

@@ -2,8 +2,9 @@
 
 Data path (DESIGN.md): env -> frames -> backbone -> (cache) -> wrapper -> replay -> DrM, with runs/ and cli/ on top.
 A module imports only from its own folder and the folders to its left in :data:`DATA_PATH`; the package root and the
-small shared helpers beside it (``pvrw/_gl.py``, ``pvrw/_lazy.py``, ``pvrw/_diskspace.py``) may be imported from anywhere. The graph is read
-with ``ast`` (nothing is imported), so the test is fast and sees imports inside functions too.
+small shared helpers beside it (``pvrw/_gl.py``, ``pvrw/_lazy.py``, ``pvrw/_diskspace.py``, ``pvrw/_malloc.py``) may
+be imported from anywhere. The graph is read with ``ast`` (nothing is imported), so the test is fast and sees imports
+inside functions too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "pvrw"
 DATA_PATH = ("envs", "backbones", "feature_cache", "pvr_wrappers", "drm", "runs", "cli")
-SHARED = {"pvrw", "pvrw._gl", "pvrw._lazy", "pvrw._diskspace"}  # the package root, GL set-up, full-disk errors
+SHARED = {"pvrw", "pvrw._gl", "pvrw._lazy", "pvrw._diskspace", "pvrw._malloc"}  # root, GL, full disks, malloc
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -103,6 +103,8 @@ class DrMPolicy(BasePolicy):
     :param hidden_dim: hidden size of the heads (``hidden_dim``, 1024)
     :param augment: random-shift augmentation of training batches; None: on for image spaces, off otherwise
     :param aug_pad: random-shift padding in pixels (4)
+    :param aug_method: ``"grid_sample"`` (the reference's bilinear sampling) or ``"index"``: an exact pixel gather on
+        the replay's bytes, ~3x faster, differing from the reference by its grid rounding; see :class:`RandomShiftsAug`
     :param net_arch: SB3's ``net_arch``: hidden widths of every head (list) or per head (dict ``pi`` / ``qf`` /
         ``vf``); None: two layers of ``hidden_dim`` (the reference)
     :param activation_fn: activation of the heads (None: the reference's ReLU)
@@ -134,6 +136,7 @@ class DrMPolicy(BasePolicy):
         hidden_dim: int = 1024,
         augment: bool | None = None,
         aug_pad: int = 4,
+        aug_method: str = "grid_sample",
         net_arch: NetArch = None,
         activation_fn: type[nn.Module] | None = None,
         n_critics: int = 2,
@@ -175,6 +178,7 @@ class DrMPolicy(BasePolicy):
         self.share_features_extractor = share_features_extractor
         self.augment = bool(augment)
         self.aug_pad = aug_pad
+        self.aug_method = aug_method
         # Exploration std used by ``_predict(deterministic=False)``; DrM sets it from its schedule before acting.
         self.exploration_std = 1.0
         self._build(lr_schedule)
@@ -202,7 +206,7 @@ class DrMPolicy(BasePolicy):
         self.value_net = networks["value_net"]
         self.critic = networks["critic"]
         self.critic_target = copy.deepcopy(self.critic)
-        self.aug = RandomShiftsAug(self.aug_pad)
+        self.aug = RandomShiftsAug(self.aug_pad, self.aug_method)
 
         # Four Adams as in the reference (encoder, actor, critic, value net); the encoder has none without parameters.
         # Adam's fused step (one kernel per tensor instead of ~10 small ops; same update up to fp32 rounding) unless the
@@ -247,6 +251,7 @@ class DrMPolicy(BasePolicy):
                 share_features_extractor=self.share_features_extractor,
                 augment=self.augment,
                 aug_pad=self.aug_pad,
+                aug_method=self.aug_method,
                 features_extractor_class=self.features_extractor_class,
                 features_extractor_kwargs=self.features_extractor_kwargs,
                 optimizer_class=self.optimizer_class,
@@ -258,8 +263,9 @@ class DrMPolicy(BasePolicy):
     def _preprocess(self, observations: PyTorchObs, augment: bool) -> PyTorchObs:
         """SB3's ``preprocess_obs`` (images / 255), then the random shift of every image (key) when ``augment``."""
         if augment and self.augment and self.normalize_images and is_image_space(self.observation_space):
-            # The reference's order: shift the raw 0-255 batch, then scale (SB3's preprocess_obs: float / 255).
-            return self.aug(observations.float()).div_(255.0)
+            # The reference's order: shift the raw 0-255 batch, then scale (SB3's preprocess_obs: float / 255)
+            shifted = self.aug(observations)
+            return shifted.div_(255.0) if shifted.is_floating_point() else th.div(shifted, 255.0)
         obs = preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images)
         if not (augment and self.augment):
             return obs
