@@ -8,7 +8,8 @@ reference's hard-coded ``repr_dim`` is patched for 112) and 3 x 768 CLS features
 flattening stand-in encoder and no augmentation). The number that counts is the median ratio.
 
     python benchmarks/bench_drm_vs_reference.py --reference DIR [--inputs pixels@84 cls] [--rounds 5] [--updates 2]
-        [--precision fp32 bf16] [--threads 2] [--device cpu] [--profile]
+        [--precision fp32 bf16] [--aug-method grid_sample index] [--malloc as-shipped] [--threads 2] [--device cpu]
+        [--profile]
 
 DIR (default: ``$PVRW_DRM_REFERENCE``) holds the original ``drm.py`` (or ``agents/drm.py``) and ``utils.py``: ``git
 clone https://github.com/XuGW-Kevin/DrM`` (pvrw commits no reference code). ``--profile`` prints the top of a
@@ -87,13 +88,20 @@ def profile(label: str, fn: Callable[[], None], rows: int) -> None:
 
 
 def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any]]:
-    settings = {p: dict(precision=p) if p != "fp32" else {} for p in args.precision}
+    pixels = INPUTS[name] == "CnnPolicy"
+    settings: dict[str, dict[str, Any]] = {}
+    for precision in args.precision:
+        for method in args.aug_method if pixels else args.aug_method[:1]:
+            label = precision if method == "grid_sample" or not pixels else f"{precision} {method}-shift"
+            kwargs: dict[str, Any] = dict(precision=precision) if precision != "fp32" else {}
+            if method != "grid_sample":
+                kwargs["policy_kwargs"] = dict(aug_method=method)
+            settings[label] = kwargs
     if args.malloc == "default":
         settings = {label: dict(kw, reuse_cpu_memory=False) for label, kw in settings.items()}
     models = {label: pvrw_model(name, args.fill, args.device, **kw) for label, kw in settings.items()}
     first = next(iter(models.values()))
     obs_shape = first.observation_space.shape
-    pixels = INPUTS[name] == "CnnPolicy"
     agent = make_agent(ref_module, obs_shape, 4, args.device)
     batches = reference_batches(obs_shape, pixels, args.fill)
     step = iter(range(2001, 10**9))
@@ -156,6 +164,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=th.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--fill", type=int, default=300, help="random transitions stored before timing")
+    parser.add_argument(
+        "--aug-method",
+        nargs="*",
+        default=["grid_sample"],
+        choices=["grid_sample", "index"],
+        help="pvrw's random shift on pixels (policy_kwargs aug_method): each one is a pvrw setting",
+    )
     parser.add_argument(
         "--malloc",
         default="as-shipped",

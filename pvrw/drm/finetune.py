@@ -224,7 +224,7 @@ class FinetunePolicy(DrMPolicy):
         groups = [{"params": head}] if head else []
         if body:
             groups.append({"params": body, "lr_scale": (self.backbone_lr or lr) / lr})
-        self.encoder_optimizer = self.optimizer_class(groups, lr=lr, **self.optimizer_kwargs) if groups else None
+        self.encoder_optimizer = self.make_optimizer(groups, lr) if groups else None
         if self.encoder_optimizer is not None:
             self.encoder_optimizer.register_step_pre_hook(_scale_lr)
             self.encoder_optimizer.register_step_post_hook(_unscale_lr)

@@ -209,26 +209,29 @@ class DrMPolicy(BasePolicy):
         self.aug = RandomShiftsAug(self.aug_pad, self.aug_method)
 
         # Four Adams as in the reference (encoder, actor, critic, value net); the encoder has none without parameters.
-        # Adam's fused step (one kernel per tensor instead of ~10 small ops; same update up to fp32 rounding) unless the
-        # user chose an implementation.
-        kwargs = dict(self.optimizer_kwargs)
-        if self.optimizer_class is th.optim.Adam and not {"fused", "foreach"} & set(kwargs):
-            kwargs["fused"] = True
-
-        def make_optimizer(module: nn.Module) -> th.optim.Optimizer:
-            return self.optimizer_class(module.parameters(), lr=lr_schedule(1), **kwargs)
-
-        has_encoder_params = any(True for _ in self.features_extractor.parameters())
-        self.encoder_optimizer = make_optimizer(self.features_extractor) if has_encoder_params else None
+        lr = lr_schedule(1)
+        encoder_params = list(self.features_extractor.parameters())
+        self.encoder_optimizer = self.make_optimizer(encoder_params, lr) if encoder_params else None
         actor_parameters = self.actor.parameters()
         if self.actor_features_extractor is not None:
             actor_parameters = itertools.chain(actor_parameters, self.actor_features_extractor.parameters())
-        self.actor.optimizer = self.optimizer_class(actor_parameters, lr=lr_schedule(1), **self.optimizer_kwargs)
-        self.critic.optimizer = make_optimizer(self.critic)
-        self.value_net.optimizer = make_optimizer(self.value_net)
+        self.actor.optimizer = self.make_optimizer(actor_parameters, lr)
+        self.critic.optimizer = self.make_optimizer(self.critic.parameters(), lr)
+        self.value_net.optimizer = self.make_optimizer(self.value_net.parameters(), lr)
         # The reference never switches the target critic to eval mode (dropout stays active in drm_mw targets).
         self.critic_target.train(True)
         self.critic_target.requires_grad_(False)
+
+    def make_optimizer(self, params: Any, lr: float) -> th.optim.Optimizer:
+        """
+        One of the policy's optimizers: ``optimizer_class(params, lr, **optimizer_kwargs)``, with Adam's fused step
+        (one kernel per tensor instead of ~10 small ops; the same update up to fp32 rounding) unless the user chose an
+        implementation (``fused`` or ``foreach`` in ``optimizer_kwargs``).
+        """
+        kwargs = dict(self.optimizer_kwargs)
+        if self.optimizer_class is th.optim.Adam and not {"fused", "foreach"} & set(kwargs):
+            kwargs["fused"] = True
+        return self.optimizer_class(params, lr=lr, **kwargs)
 
     @property
     def optimizers(self) -> list[th.optim.Optimizer]:

@@ -287,4 +287,4 @@ def rebuild_optimizers_and_target(policy: DrMPolicy, learning_rate: float) -> No
             parameters = list(module.parameters())
             if name == "actor" and getattr(policy, "actor_features_extractor", None) is not None:
                 parameters += list(policy.actor_features_extractor.parameters())  # an actor with its own encoder
-            module.optimizer = policy.optimizer_class(parameters, lr=learning_rate, **policy.optimizer_kwargs)
+            module.optimizer = policy.make_optimizer(parameters, learning_rate)
