@@ -91,10 +91,11 @@ def bench(name: str, args: argparse.Namespace, ref_module) -> list[dict[str, Any
     pixels = INPUTS[name] == "CnnPolicy"
     settings: dict[str, dict[str, Any]] = {}
     for precision in args.precision:
-        for method in args.aug_method if pixels else args.aug_method[:1]:
-            label = precision if method == "grid_sample" or not pixels else f"{precision} {method}-shift"
+        default_method = "index" if precision == "bf16" else "grid_sample"  # DrM's defaults
+        for method in (args.aug_method or [default_method]) if pixels else [default_method]:
+            label = precision if method == default_method or not pixels else f"{precision} {method}-shift"
             kwargs: dict[str, Any] = dict(precision=precision) if precision != "fp32" else {}
-            if method != "grid_sample":
+            if pixels:
                 kwargs["policy_kwargs"] = dict(aug_method=method)
             settings[label] = kwargs
     if args.malloc == "default":
@@ -167,9 +168,10 @@ def main() -> None:
     parser.add_argument(
         "--aug-method",
         nargs="*",
-        default=["grid_sample"],
+        default=None,
         choices=["grid_sample", "index"],
-        help="pvrw's random shift on pixels (policy_kwargs aug_method): each one is a pvrw setting",
+        help="pvrw's random shift on pixels (policy_kwargs aug_method; DrM's default: grid_sample in fp32, index in "
+        "bf16): each precision runs with each method [default: DrM's]",
     )
     parser.add_argument(
         "--malloc",

@@ -111,7 +111,8 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, DrMPersis
     :param precision: ``"fp32"`` (the reference's maths) or ``"bf16"``: a deviation from the reference, for speed
         (about 2x on CPUs with AVX512-bf16/AMX and on recent GPUs): bf16 autocast of the encoder and the heads'
         forwards and backwards, with fp32 weights, optimiser state, losses, TD targets and dormant-ratio statistics.
-        Where the device has no bf16 support, a warning says so and the model runs fp32
+        Where the device has no bf16 support, a warning says so and the model runs fp32. bf16 also makes the random
+        shift an exact pixel gather (``policy_kwargs`` ``aug_method="index"``) unless ``policy_kwargs`` choose
     :param reuse_cpu_memory: on the CPU under Linux/glibc, have ``malloc`` keep freed memory for reuse (process-wide,
         from the first update on; see :mod:`pvrw._malloc`): PyTorch's CPU allocator has no cache and glibc maps every
         block over 32 MiB afresh, so each update's large activations would be zero-filled by the kernel again (about
@@ -246,6 +247,8 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, DrMPersis
         self.precision = precision if precision == "fp32" or bf16_supported(self.device) else "fp32"
         if self.precision != precision:
             warnings.warn(f"{self.device} has no bf16 support: DrM runs in fp32", stacklevel=2)
+        if self.precision == "bf16":  # not the reference's rounding anyway: the exact, faster random shift
+            self.policy_kwargs.setdefault("aug_method", "index")
         # DrM state (saved with the model): the reference starts from dormant_ratio = 1 and no awakening.
         self.dormant_ratio = 1.0
         self.awaken_step: int | None = None

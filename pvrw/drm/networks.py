@@ -148,8 +148,8 @@ class DrQEncoder(BaseFeaturesExtractor):
     def forward(self, observations: th.Tensor) -> th.Tensor:
         # Centred in one pass straight into the layout (channels_last: the CPU (oneDNN) and CUDA convolutions are ~1.8x
         # faster in it) and, under autocast, the dtype that the first convolution would convert it to.
-        if observations.requires_grad:  # out= has no gradient
-            x = (observations - 0.5).contiguous(memory_format=th.channels_last)
+        if observations.requires_grad or observations.is_contiguous(memory_format=th.channels_last):
+            x = (observations - 0.5).contiguous(memory_format=th.channels_last)  # out= has no gradient
         else:
             device = observations.device.type
             dtype = th.get_autocast_dtype(device) if th.is_autocast_enabled(device) else observations.dtype

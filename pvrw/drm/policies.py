@@ -266,9 +266,13 @@ class DrMPolicy(BasePolicy):
     def _preprocess(self, observations: PyTorchObs, augment: bool) -> PyTorchObs:
         """SB3's ``preprocess_obs`` (images / 255), then the random shift of every image (key) when ``augment``."""
         if augment and self.augment and self.normalize_images and is_image_space(self.observation_space):
-            # The reference's order: shift the raw 0-255 batch, then scale (SB3's preprocess_obs: float / 255)
+            # The reference's order: shift the raw 0-255 batch, then scale (SB3's preprocess_obs: float / 255).
             shifted = self.aug(observations)
-            return shifted.div_(255.0) if shifted.is_floating_point() else th.div(shifted, 255.0)
+            if shifted.is_floating_point():
+                return shifted.div_(255.0)
+            # shifted bytes: converted straight into the convolutions' layout, where the scaling is one fast pass
+            images = th.empty(shifted.shape, device=shifted.device, memory_format=th.channels_last)
+            return images.copy_(shifted).div_(255.0)
         obs = preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images)
         if not (augment and self.augment):
             return obs
