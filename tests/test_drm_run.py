@@ -212,6 +212,11 @@ def test_bf16_precision_keeps_fp32_master_state(variant):
                 assert param.dtype == th.float32
                 assert all(v.dtype == th.float32 for v in optimizer.state[param].values() if v.is_floating_point())
     assert model.precision == "bf16"
+    assert model.policy.aug.method == "index"  # bf16's default shift; a choice in policy_kwargs is kept
+    chosen = DrM(
+        "CnnPolicy", pixel_venv(), precision="bf16", policy_kwargs=dict(aug_method="grid_sample"), buffer_size=100
+    )
+    assert chosen.policy.aug.method == "grid_sample"
 
 
 def test_precision_falls_back_to_fp32_without_bf16(monkeypatch):
@@ -221,6 +226,7 @@ def test_precision_falls_back_to_fp32_without_bf16(monkeypatch):
     with pytest.warns(UserWarning, match="no bf16 support: DrM runs in fp32"):
         model = DrM("MlpPolicy", feature_env(), precision="bf16", seed=0, **FAST)
     assert model.precision == "fp32"
+    assert DrM("CnnPolicy", pixel_venv(), precision="bf16", buffer_size=100).policy.aug.method == "grid_sample"
     with pytest.raises(ValueError, match="Unknown precision 'fp16'"):
         DrM("MlpPolicy", feature_env(), precision="fp16", seed=0, **FAST)
 
