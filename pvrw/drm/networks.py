@@ -52,7 +52,7 @@ class RandomShiftsAug(nn.Module):
     ``method="grid_sample"`` (the reference) samples the padded float image with bilinear ``grid_sample`` on a grid of
     pixel centres: an integer shift up to the float rounding of that grid (up to 0.004 of a grey level of the
     neighbouring pixels leaks in). ``method="index"`` gathers the pixels instead: the same shifts from the same random
-    draw, the exact pixel values, on any dtype (uint8 too, before the conversion to float) and ~3x faster on a CPU;
+    draw, the exact pixel values, on any dtype (uint8 too, before the conversion to float) and 2-3x faster on a CPU;
     a deviation at the level of that rounding, which Adam's first steps can amplify to ~5e-6 in a weight. The
     reference asserts square images; here height and width are handled separately.
 

@@ -104,7 +104,7 @@ class DrMPolicy(BasePolicy):
     :param augment: random-shift augmentation of training batches; None: on for image spaces, off otherwise
     :param aug_pad: random-shift padding in pixels (4)
     :param aug_method: ``"grid_sample"`` (the reference's bilinear sampling) or ``"index"``: an exact pixel gather on
-        the replay's bytes, ~3x faster, differing from the reference by its grid rounding; see :class:`RandomShiftsAug`
+        the replay's bytes, 2-3x faster, differing from the reference by its grid rounding; see :class:`RandomShiftsAug`
     :param net_arch: SB3's ``net_arch``: hidden widths of every head (list) or per head (dict ``pi`` / ``qf`` /
         ``vf``); None: two layers of ``hidden_dim`` (the reference)
     :param activation_fn: activation of the heads (None: the reference's ReLU)
