@@ -34,7 +34,7 @@ def test_reference_sizes_and_hyper_parameters():
     assert counts == trainable_parameter_counts((9, 84, 84), variant="drqv2")
     assert model.value_net is None and model.policy.value_net is None
     assert len(model.policy.optimizers) == 3  # encoder, actor, critic (drqv2.py L147-150)
-    assert [type(m).__name__ for m in model.critic.Q1] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in model.critic.Q1] == ["Linear", "ReLU", "Linear", "ReLU", "OutputLinear"]
     # cfgs/config.yaml: n-step 3, discount 0.99, lr 1e-4, batch 256, tau 0.01, update every 2 steps, 2000
     # exploration steps = 4000 seed frames / action repeat 2, noise clip 0.3, feature_dim 50, hidden_dim 1024
     assert (model.n_steps, model.gamma, model.learning_rate, model.batch_size, model.tau) == (3, 0.99, 1e-4, 256, 0.01)

@@ -112,7 +112,7 @@ def test_head_norm_inserts_layernorms_before_the_relus_and_optimizes_them(tmp_pa
     actor = Actor(repr_dim=6, action_dim=2, feature_dim=5, hidden_dim=8)
     assert add_head_norm(actor) == 2 and add_head_norm(actor) == 0  # idempotent
     assert [type(m).__name__ for m in actor.policy] == [
-        "Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU", "Linear"
+        "Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU", "OutputLinear"
     ]  # fmt: skip
     model = DrM("MlpPolicy", feature_env(), seed=0, head_norm=True, **FAST)
     for net in (model.actor.policy, model.critic.Q1, model.critic.Q2, model.value_net.V):

@@ -200,12 +200,15 @@ def test_bf16_precision_keeps_fp32_master_state(variant):
     if not drm_module.bf16_supported(th.device("cpu")):
         pytest.skip("this CPU has no bf16 support")
     model = DrM("CnnPolicy", pixel_venv(), variant=variant, precision="bf16", seed=0, device="cpu", **FAST)
-    conv_dtypes, q_dtypes = [], []
+    conv_dtypes, q_dtypes, out_dtypes = [], [], set()
     model.policy.features_extractor.convnet[0].register_forward_hook(lambda _m, _i, out: conv_dtypes.append(out.dtype))
     model.critic.Q1[0].register_forward_hook(lambda _m, _i, out: q_dtypes.append(out.dtype))
+    for head in (model.critic.Q1, model.critic.Q2, model.actor.policy, model.value_net.V):
+        head[-1].register_forward_hook(lambda _m, _i, out: out_dtypes.add(out.dtype))
     model.learn(40)
     assert model._n_updates > 0 and 0.0 <= model.dormant_ratio < 1.0
     assert th.bfloat16 in conv_dtypes and th.bfloat16 in q_dtypes  # the encoder and heads ran under autocast
+    assert out_dtypes == {th.float32}  # Q, V and the action mean at full precision
     for optimizer in model.policy.optimizers:
         for group in optimizer.param_groups:
             for param in group["params"]:

@@ -194,6 +194,21 @@ class PiegExtractor(BaseFeaturesExtractor):
         return self.ln(self.fc(stacked))
 
 
+class OutputLinear(nn.Linear):
+    """
+    The output layer of a head (Q, V, action mean), computed in fp32 even under autocast. bf16 keeps 8 significant
+    bits: a Q value of 50 would come out as a multiple of 0.25 and every action mean with three digits, which is what
+    the TD errors and the exploration noise are added to. The layer is tiny (one or a few outputs), so this costs
+    nothing; without autocast it is ``nn.Linear``.
+    """
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        if th.is_autocast_enabled(x.device.type):
+            with th.autocast(x.device.type, enabled=False):
+                return F.linear(x.float(), self.weight, self.bias)
+        return super().forward(x)
+
+
 def _trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(repr_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
@@ -212,7 +227,7 @@ def _mlp(
     for width in hidden_dims:
         layers += [nn.Linear(in_dim, width), _activation(activation_fn)]
         in_dim = width
-    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers, OutputLinear(in_dim, out_dim))
 
 
 def _q_head(
@@ -224,7 +239,7 @@ def _q_head(
     for width in hidden_dims:
         layers += [nn.Linear(in_dim, width), nn.Dropout(0.01), nn.LayerNorm(width), _activation(activation_fn)]
         in_dim = width
-    return nn.Sequential(*layers, nn.Linear(in_dim, 1))
+    return nn.Sequential(*layers, OutputLinear(in_dim, 1))
 
 
 def _hidden(hidden_dim: int, net_arch: Sequence[int] | None) -> list[int]:
