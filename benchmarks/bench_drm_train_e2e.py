@@ -37,7 +37,12 @@ def training_rate(tree: Path, precision: str, args: argparse.Namespace) -> float
         if precision != "fp32":
             command += ["--set", f"precision={precision}"]
         env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
-        done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # run outside any checkout: `python -c` puts the working directory first on sys.path
+        where = [sys.executable, "-c", "import pvrw; print(pvrw.__file__)"]
+        imported = subprocess.run(where, env=env, cwd=tmp, capture_output=True, text=True, check=True).stdout.strip()
+        if not Path(imported).resolve().is_relative_to(tree.resolve()):
+            raise SystemExit(f"the {tree} setting would import pvrw from {imported}; is pvrw installed non-editable?")
+        done = subprocess.run(command, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             raise SystemExit(f"pvrw train on {tree} failed:\n{done.stderr[-2000:]}")
         with open(Path(tmp) / "run" / "metrics.csv") as f:

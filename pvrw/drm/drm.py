@@ -110,13 +110,14 @@ class DrM(DrQv2Variant, DormantRemedies, DrMUpdate, DormantMechanisms, DrMPersis
     :param reset_nets: networks reset by ``reset_interval`` (the encoder never is)
     :param precision: ``"fp32"`` (the reference's maths) or ``"bf16"``: a deviation from the reference, for speed
         (about 2x on CPUs with AVX512-bf16/AMX and on recent GPUs): bf16 autocast of the encoder and the heads'
-        forwards and backwards, with fp32 weights, optimiser state, losses, TD targets and dormant-ratio statistics.
+        forwards and backwards, with fp32 weights, optimiser state, losses, TD targets, dormant-ratio statistics and
+        head output layers (Q, V, action mean; see :class:`~pvrw.drm.networks.OutputLinear`).
         Where the device has no bf16 support, a warning says so and the model runs fp32. bf16 also makes the random
         shift an exact pixel gather (``policy_kwargs`` ``aug_method="index"``) unless ``policy_kwargs`` choose
     :param reuse_cpu_memory: on the CPU under Linux/glibc, have ``malloc`` keep freed memory for reuse (process-wide,
         from the first update on; see :mod:`pvrw._malloc`): PyTorch's CPU allocator has no cache and glibc maps every
-        block over 32 MiB afresh, so each update's large activations would be zero-filled by the kernel again (about
-        40% of a 84 px update on a 2-core CPU). No value changes; the process keeps its peak heap until it exits.
+        block over 32 MiB afresh, so each update's large activations would be zero-filled by the kernel again (a
+        third of an 84 px update on a 2-core CPU). No value changes; the process keeps its peak heap until it exits.
         False leaves the allocator alone (e.g. with jemalloc or tcmalloc preloaded)
     :param stats_window_size: window size for the rollout logging
     :param tensorboard_log: the log location for tensorboard (if None, no logging)

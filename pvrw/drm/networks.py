@@ -101,6 +101,15 @@ class RandomShiftsAug(nn.Module):
         return x.reshape(n, channels, h * w).gather(2, index).view(n, channels, h, w)
 
 
+def scale_images(images: th.Tensor) -> th.Tensor:
+    """``images / 255`` as float (SB3's ``preprocess_obs``), in place for float images; bytes are converted straight
+    into ``channels_last``, the encoder's layout, where the division is one fast pass."""
+    if images.is_floating_point():
+        return images.div_(255.0)
+    scaled = th.empty(images.shape, device=images.device, memory_format=th.channels_last)
+    return scaled.copy_(images).div_(255.0)
+
+
 def drq_encoder_output_side(size: int) -> int:
     """Side of the DrQ-v2 encoder's output map: one stride-2 3x3 conv, then three stride-1 3x3 convs, no padding."""
     return (size - 3) // 2 + 1 - 6

@@ -38,6 +38,7 @@ from pvrw.drm.networks import (
     RandomShiftsAug,
     ValueNetwork,
     sample_action,
+    scale_images,
     weight_init,
 )
 from pvrw.drm.policy_kwargs import NetArch, image_keys, resolve_net_arch
@@ -223,11 +224,8 @@ class DrMPolicy(BasePolicy):
         self.critic_target.requires_grad_(False)
 
     def make_optimizer(self, params: Any, lr: float) -> th.optim.Optimizer:
-        """
-        One of the policy's optimizers: ``optimizer_class(params, lr, **optimizer_kwargs)``, with Adam's fused step
-        (one kernel per tensor instead of ~10 small ops; the same update up to fp32 rounding) unless the user chose an
-        implementation (``fused`` or ``foreach`` in ``optimizer_kwargs``).
-        """
+        """``optimizer_class(params, lr, **optimizer_kwargs)``; Adam's step fused (one kernel per tensor, the same
+        update to fp32 rounding) unless ``optimizer_kwargs`` choose ``fused`` or ``foreach``."""
         kwargs = dict(self.optimizer_kwargs)
         if self.optimizer_class is th.optim.Adam and not {"fused", "foreach"} & set(kwargs):
             kwargs["fused"] = True
@@ -267,12 +265,7 @@ class DrMPolicy(BasePolicy):
         """SB3's ``preprocess_obs`` (images / 255), then the random shift of every image (key) when ``augment``."""
         if augment and self.augment and self.normalize_images and is_image_space(self.observation_space):
             # The reference's order: shift the raw 0-255 batch, then scale (SB3's preprocess_obs: float / 255).
-            shifted = self.aug(observations)
-            if shifted.is_floating_point():
-                return shifted.div_(255.0)
-            # shifted bytes: converted straight into the convolutions' layout, where the scaling is one fast pass
-            images = th.empty(shifted.shape, device=shifted.device, memory_format=th.channels_last)
-            return images.copy_(shifted).div_(255.0)
+            return scale_images(self.aug(observations))
         obs = preprocess_obs(observations, self.observation_space, normalize_images=self.normalize_images)
         if not (augment and self.augment):
             return obs
