@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from backbone_helpers import forget_backbones, registered_backbones
+
 from pvrw.backbones.registry import (
-    _CFG_CACHE,
     _REGISTRY,
     BackboneCfg,
     RandomWeightsWarning,
@@ -186,13 +187,9 @@ def shallow_twins():
     from pvrw.backbones.dinov2 import dinov2, dinov2_reg
     from pvrw.backbones.vc1 import vc1
 
-    names = {"s_dinov2": dinov2, "s_dinov2_reg": dinov2_reg, "s_vc1": vc1}
-    for name, entry in names.items():
-        register_backbone(name, cfg=entry(depth=DEPTH), overwrite=True)
-    yield
-    for name in names:
-        _REGISTRY.pop(name, None)
-        _CFG_CACHE.pop(name, None)
+    entries = {"s_dinov2": dinov2, "s_dinov2_reg": dinov2_reg, "s_vc1": vc1}
+    with registered_backbones({name: entry(depth=DEPTH) for name, entry in entries.items()}):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -440,9 +437,7 @@ def test_download_without_network_says_so():
 def scratch_registry():
     before = set(_REGISTRY)
     yield
-    for name in set(_REGISTRY) - before:
-        _REGISTRY.pop(name)
-        _CFG_CACHE.pop(name, None)
+    forget_backbones(set(_REGISTRY) - before)
 
 
 def test_register_user_module_and_timm_model(scratch_registry, tmp_path):

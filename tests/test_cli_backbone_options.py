@@ -8,12 +8,11 @@ import json
 import pytest
 import test_runs_tinyenv  # noqa: F401  (registers the tiny envs)
 import yaml
+from backbone_helpers import registered_backbones
 from click.testing import CliRunner
 
-from pvrw.backbones.registry import _CFG_CACHE, _REGISTRY
 from pvrw.cli import main
 from pvrw.drm import DrM
-from pvrw.pvr_wrappers import register_backbone
 from pvrw.runs.layout import RunStatus
 
 pytestmark = pytest.mark.filterwarnings("ignore::pvrw.backbones.registry.RandomWeightsWarning")
@@ -30,10 +29,8 @@ TINY = [
 def cli_vit():
     from pvrw.backbones.dinov2 import dinov2
 
-    register_backbone("cli_vit", cfg=dinov2(depth=1), overwrite=True)
-    yield
-    _REGISTRY.pop("cli_vit", None)
-    _CFG_CACHE.pop("cli_vit", None)
+    with registered_backbones({"cli_vit": dinov2(depth=1)}):
+        yield
 
 
 def invoke(*args):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch as th
 
+from backbone_helpers import registered_backbones
 from drm_sb3_envs import StackedImageEnv, fast
 from pvrw.backbones.lora import LoRALinear, add_lora
-from pvrw.backbones.registry import _CFG_CACHE, _REGISTRY
 from pvrw.drm import DrM
 from pvrw.drm.finetune import FinetuneExtractor, parse_finetune
-from pvrw.pvr_wrappers import create_backbone, register_backbone
+from pvrw.pvr_wrappers import create_backbone
 
 pytestmark = pytest.mark.filterwarnings("ignore::pvrw.backbones.registry.RandomWeightsWarning")
 
@@ -21,10 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::pvrw.backbones.registry.RandomW
 def tiny_vit():
     from pvrw.backbones.dinov2 import dinov2
 
-    register_backbone("ft_dinov2", cfg=dinov2(depth=2), overwrite=True)
-    yield
-    _REGISTRY.pop("ft_dinov2", None)
-    _CFG_CACHE.pop("ft_dinov2", None)
+    with registered_backbones({"ft_dinov2": dinov2(depth=2)}):
+        yield
 
 
 def model(backbone: str, finetune: str, side: int = 28, **extra):

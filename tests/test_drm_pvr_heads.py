@@ -8,11 +8,11 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from backbone_helpers import registered_backbones
 from drm_sb3_envs import StackedImageEnv, fast
-from pvrw.backbones.registry import _CFG_CACHE, _REGISTRY
 from pvrw.drm import DrM, trainable_parameter_counts
 from pvrw.drm.pvr_heads import AttentionPoolExtractor, PatchConvExtractor, compression_channels
-from pvrw.pvr_wrappers import VecPVRObservation, register_backbone
+from pvrw.pvr_wrappers import VecPVRObservation
 
 pytestmark = pytest.mark.filterwarnings("ignore::pvrw.backbones.registry.RandomWeightsWarning")
 
@@ -21,10 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::pvrw.backbones.registry.RandomW
 def tiny_dinov2():
     from pvrw.backbones.dinov2 import dinov2
 
-    register_backbone("h_dinov2", cfg=dinov2(depth=1), overwrite=True)
-    yield
-    _REGISTRY.pop("h_dinov2", None)
-    _CFG_CACHE.pop("h_dinov2", None)
+    with registered_backbones({"h_dinov2": dinov2(depth=1)}):
+        yield
 
 
 def test_heads_shapes_and_counts():

@@ -39,12 +39,12 @@ class TinyNet(nn.Module):
 @pytest.fixture(autouse=True)
 def _forget_tiny_backbones():
     """Unregister this module's tiny test backbones afterwards (tests elsewhere list the registry)."""
+    from backbone_helpers import forget_backbones
+
     from pvrw.backbones import registry
 
     yield
-    for name in [n for n in registry._REGISTRY if n.startswith("fc_tiny")]:
-        registry._REGISTRY.pop(name, None)
-        registry._CFG_CACHE.pop(name, None)
+    forget_backbones(n for n in registry._REGISTRY if n.startswith("fc_tiny"))
 
 
 def tiny_backbone(seed: int = 0, name: str = "fc_tiny", resolution: int = 16):

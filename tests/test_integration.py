@@ -36,14 +36,12 @@ def pixel_env(resolution=28, steps=10, seed=0, **kwargs):
 @pytest.fixture(scope="module")
 def twin():
     """``dinov2_reg`` with one transformer block, registered for this module and removed afterwards."""
-    from pvrw.backbones import dinov2 as backbones
-    from pvrw.backbones.registry import _CFG_CACHE, _REGISTRY
-    from pvrw.pvr_wrappers import register_backbone
+    from backbone_helpers import registered_backbones
 
-    register_backbone(TWIN, cfg=backbones.dinov2_reg(depth=1), overwrite=True)
-    yield TWIN
-    _REGISTRY.pop(TWIN, None)
-    _CFG_CACHE.pop(TWIN, None)
+    from pvrw.backbones import dinov2 as backbones
+
+    with registered_backbones({TWIN: backbones.dinov2_reg(depth=1)}):
+        yield TWIN
 
 
 @pytest.fixture(autouse=True)

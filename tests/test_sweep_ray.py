@@ -228,11 +228,10 @@ def test_missing_ray_is_a_clear_error(without_ray, tmp_path):
 @pytest.fixture
 def forget_test_backbone():
     """Unregister the tiny test backbone afterwards (tests elsewhere list the registry)."""
-    from pvrw.backbones import registry
+    from backbone_helpers import forget_backbones
 
     yield
-    registry._REGISTRY.pop("ray_test_tiny", None)
-    registry._CFG_CACHE.pop("ray_test_tiny", None)
+    forget_backbones(["ray_test_tiny"])
 
 
 def test_extraction_over_ray_workers_matches_local_extraction(ray_session, tmp_path, forget_test_backbone):
