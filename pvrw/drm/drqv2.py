@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch as th
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 

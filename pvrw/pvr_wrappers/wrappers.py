@@ -26,7 +26,7 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from pvrw.backbones.registry import RANDOM, FrozenBackbone, create_backbone, get_backbone_cfg
+from pvrw.backbones.registry import FrozenBackbone, create_backbone, get_backbone_cfg
 from pvrw.pvr_wrappers.frames import FrameLayout, StackEmbedder, random_shift, rgb_layout
 
 __all__ = ["FrameLayout", "PVRObservation", "VecPVRObservation", "VectorPVRObservation", "random_shift", "rgb_layout"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pvrw.runs.config_algos import ALGOS, ConfigError, algo_parameters, check_algo_kwargs, load_algo_class
+from pvrw.runs.config_algos import ALGOS, ConfigError, algo_parameters, check_algo_kwargs, load_algo_class  # noqa: F401
 from pvrw.runs.config_algos import algo_class_name as _class_name
 
 #: the study's observation variants; "none" means the agent learns from pixels
