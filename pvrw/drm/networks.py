@@ -155,10 +155,12 @@ class DrQEncoder(BaseFeaturesExtractor):
         self.projection = None if features_dim is None else nn.Sequential(nn.Linear(flat_dim, features_dim), nn.ReLU())
 
     def forward(self, observations: th.Tensor) -> th.Tensor:
-        # Centred in one pass straight into the layout (channels_last: the CPU (oneDNN) and CUDA convolutions are ~1.8x
-        # faster in it) and, under autocast, the dtype that the first convolution would convert it to.
+        # Centred in the convolutions' layout (channels_last: the CPU (oneDNN) and CUDA convolutions are ~1.8x faster
+        # in it). An input already in it (the shifted training batch) or with gradients (out= has none) is centred
+        # as it is; any other is centred in one pass straight into the layout and, under autocast, into the dtype
+        # the first convolution would convert it to.
         if observations.requires_grad or observations.is_contiguous(memory_format=th.channels_last):
-            x = (observations - 0.5).contiguous(memory_format=th.channels_last)  # out= has no gradient
+            x = (observations - 0.5).contiguous(memory_format=th.channels_last)
         else:
             device = observations.device.type
             dtype = th.get_autocast_dtype(device) if th.is_autocast_enabled(device) else observations.dtype
